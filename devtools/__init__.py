@@ -1,0 +1,1 @@
+"""Developer tools: local HTTPS stand-ins for Azure services that have no emulator."""

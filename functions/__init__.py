@@ -1,0 +1,1 @@
+"""Azure Functions blueprints: one per trigger, each a thin shell over ``shared``."""

@@ -1,0 +1,277 @@
+"""The byte path of a drop: AES-256-CBC decrypt, gunzip, split lines, validate rows.
+
+Small steps over bounded, reused buffers; none of them knows about Azure. Memory stays bounded
+whatever the drop size: a decrypt buffer of one input chunk, an inflate output capped at
+``INFLATE_CAP`` per call, and at most one partial line carried between chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import simdjson
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from isal import isal_zlib
+
+from .errors import BadRow, IntegrityError
+
+BLOCK = 16
+#: Upper bound of plaintext produced by one inflate call (keeps memory flat on highly compressible data).
+INFLATE_CAP = 256 * 1024
+#: Compressed bytes given to one inflate call (bounds the unconsumed-tail copies zlib makes).
+INFLATE_SLICE = 32 * 1024
+_GZIP_WBITS = 31
+_InflateError: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # stub says instance
+_BOM = b"\xef\xbb\xbf"
+
+
+class CbcDecryptor:
+    """Streaming AES-256-CBC decryption into one reused buffer; PKCS7 is removed at the end only.
+
+    The last ciphertext block is held back until :meth:`finish`, because only the final block
+    carries the padding. Views returned by :meth:`update` are valid until the next call.
+    """
+
+    def __init__(self, key: bytes, iv: bytes, max_chunk: int = 4 * 1024 * 1024) -> None:
+        if len(key) != 32:
+            raise ValueError("AES-256 needs a 32-byte key")
+        self._decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+        self._buf = bytearray(max_chunk + 2 * BLOCK)
+        self._view = memoryview(self._buf)
+        self._held = b""  # the newest <= 16 ciphertext bytes, not decrypted yet
+        self.ciphertext_bytes = 0
+
+    def _ensure(self, size: int) -> None:
+        if len(self._buf) < size:
+            self._view.release()
+            self._buf = bytearray(size)
+            self._view = memoryview(self._buf)
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> memoryview:
+        """Decrypt ``chunk`` (any length); returns the plaintext that is certainly not padding."""
+        n_in = len(chunk)
+        self.ciphertext_bytes += n_in
+        if n_in == 0:
+            return self._view[:0]
+        self._ensure(n_in + 2 * BLOCK)
+        dec = self._decryptor
+        if n_in >= BLOCK:
+            mv = memoryview(chunk)
+            written = dec.update_into(self._held, self._view) if self._held else 0
+            written += dec.update_into(mv[: n_in - BLOCK], self._view[written:])
+            self._held = bytes(mv[n_in - BLOCK :])
+            return self._view[:written]
+        combined = self._held + bytes(chunk)
+        keep = min(BLOCK, len(combined))
+        written = dec.update_into(combined[:-keep], self._view) if len(combined) > keep else 0
+        self._held = combined[-keep:]
+        return self._view[:written]
+
+    def finish(self) -> bytes:
+        """Decrypt the held-back block and strip PKCS7; IntegrityError on truncation or bad padding."""
+        if self.ciphertext_bytes == 0:
+            raise IntegrityError("the data file is empty")
+        if self.ciphertext_bytes % BLOCK or len(self._held) != BLOCK:
+            raise IntegrityError(
+                f"the data file is truncated: {self.ciphertext_bytes} bytes is not a whole number of AES blocks"
+            )
+        last = bytearray(2 * BLOCK)
+        n = self._decryptor.update_into(self._held, last)
+        self._decryptor.finalize()
+        block = bytes(last[:n])
+        pad = block[-1] if block else 0
+        if not 1 <= pad <= BLOCK or block[-pad:] != bytes([pad]) * pad:
+            raise IntegrityError(
+                "the data file's padding is invalid: it is truncated, tampered with, or was not encrypted with this key"
+            )
+        return block[:-pad]
+
+
+class Gunzip:
+    """Streaming gunzip of one or several concatenated gzip members, output capped per call."""
+
+    def __init__(self, cap: int = INFLATE_CAP, in_slice: int = INFLATE_SLICE) -> None:
+        self._cap = cap
+        self._slice = in_slice
+        self._inflater = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
+        self._at_boundary = True  # no member started yet, or the last one ended cleanly
+        self._started = False
+        self.members = 0
+        self.compressed_bytes = 0
+        self.plain_bytes = 0
+
+    def _inflate(self, data: bytes | memoryview) -> Iterator[bytes]:
+        piece: bytes | memoryview = data
+        cap = self._cap
+        while len(piece):
+            if self._at_boundary:
+                if self._started:
+                    self._inflater = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
+                self._started = True
+                self._at_boundary = False
+                self.members += 1
+            inflater = self._inflater
+            try:
+                out = inflater.decompress(piece, cap)
+            except _InflateError as exc:
+                where = "first" if self.members == 1 else f"member {self.members} of the"
+                raise IntegrityError(
+                    f"the {where} gzip stream is corrupt ({exc}): the data is tampered with or was not"
+                    " encrypted with this key"
+                ) from None
+            if out:
+                self.plain_bytes += len(out)
+                yield out
+            if inflater.eof:
+                # RFC 1952: a gzip file may hold several members; start a new one with what is left.
+                self._at_boundary = True
+                piece = inflater.unused_data
+            else:
+                piece = inflater.unconsumed_tail
+
+    def feed(self, data: memoryview | bytes) -> Iterator[bytes]:
+        """Inflate ``data``; yields plaintext pieces of at most ``cap`` bytes."""
+        self.compressed_bytes += len(data)
+        step = self._slice
+        for offset in range(0, len(data), step):
+            yield from self._inflate(data[offset : offset + step])
+
+    def finish(self) -> None:
+        """Check that the stream ended at the end of a complete member (with a valid CRC)."""
+        if not self._started:
+            raise IntegrityError("the data file holds no gzip data")
+        if not self._at_boundary:
+            raise IntegrityError("the gzip stream is truncated: its last member has no end")
+
+
+class LineSplitter:
+    """Splits plaintext into lines, carrying a partial line across pieces.
+
+    Strips a UTF-8 BOM at the start and CR of CRLF line ends; a last line without newline counts.
+    """
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._at_start = True
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Complete lines in ``carry + data`` (the partial last line is kept)."""
+        if self._at_start:
+            if len(self._carry) + len(data) < len(_BOM):
+                self._carry += data
+                return []
+            data = self._carry + data
+            self._carry = b""
+            self._at_start = False
+            if data.startswith(_BOM):
+                data = data[len(_BOM) :]
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._carry += data
+            return []
+        block = self._carry + data[:cut] if self._carry else data[:cut]
+        self._carry = data[cut + 1 :]
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+            if block.endswith(b"\r"):
+                block = block[:-1]
+        return block.split(b"\n")
+
+    def finish(self) -> list[bytes]:
+        """The last line, if the data did not end with a newline."""
+        tail = self._carry
+        self._carry = b""
+        if self._at_start and tail.startswith(_BOM):
+            tail = tail[len(_BOM) :]
+        tail = tail.removesuffix(b"\r")
+        return [tail] if tail.strip() else []
+
+
+class RowValidator:
+    """Checks that each line is exactly one JSON object (simdjson; also validates UTF-8)."""
+
+    def __init__(self) -> None:
+        self._parser = simdjson.Parser()
+        self.rows = 0
+
+    def _slow(self, lines: list[bytes]) -> list[bytes]:
+        kept: list[bytes] = []
+        parse = self._parser.parse
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue  # a blank line is not a row
+            where = f"row {self.rows + len(kept) + 1}"
+            try:
+                doc = parse(line)
+                is_object = isinstance(doc, simdjson.Object)
+                del doc
+            except (ValueError, UnicodeDecodeError) as exc:
+                first = str(exc).split(":")[0]
+                raise BadRow(f"{where} (line {i + 1} of its chunk) is not valid JSON: {first}") from None
+            if not is_object:
+                raise BadRow(f"{where} is valid JSON but not an object")
+            kept.append(line)
+        return kept
+
+    def validate(self, lines: list[bytes]) -> list[bytes]:
+        """Return the rows of ``lines`` (blank lines dropped); BadRow names the first bad one."""
+        if not lines:
+            return lines
+        parse = self._parser.parse
+        object_type = simdjson.Object
+        try:
+            for line in lines:
+                # Each line must parse on its own: joining lines could hide a row split in two.
+                if type(parse(line)) is not object_type:
+                    break
+            else:
+                self.rows += len(lines)
+                return lines
+        except (ValueError, UnicodeDecodeError):
+            pass
+        kept = self._slow(lines)
+        self.rows += len(kept)
+        return kept
+
+
+def decode_rows(
+    chunks: Iterable[bytes | memoryview], key: bytes, iv: bytes, *, validator: RowValidator | None = None
+) -> Iterator[list[bytes]]:
+    """The whole byte path for one data file: yields validated rows in batches (lists of bytes).
+
+    Raises :class:`IntegrityError` for truncated or tampered data (checked at the end: a drop is
+    complete only once the gzip stream ended with a valid CRC) and :class:`BadRow` for a bad line.
+    A bad line is only reported as such once the rest of the file proved intact: tampered
+    ciphertext often inflates to garbage lines before the CRC check fails, and the honest reason
+    then is the tampering. Nothing is yielded after a bad line.
+    """
+    decryptor = CbcDecryptor(key, iv)
+    gunzip = Gunzip()
+    splitter = LineSplitter()
+    check = validator or RowValidator()
+    bad: BadRow | None = None
+
+    def rows_of(pieces: Iterator[bytes]) -> Iterator[list[bytes]]:
+        nonlocal bad
+        for piece in pieces:
+            lines = splitter.feed(piece)
+            if lines and bad is None:
+                try:
+                    yield check.validate(lines)
+                except BadRow as exc:
+                    bad = exc  # keep inflating: the CRC decides whether this is tampering
+
+    try:
+        for chunk in chunks:
+            yield from rows_of(gunzip.feed(decryptor.update(chunk)))
+        yield from rows_of(gunzip.feed(decryptor.finish()))
+        gunzip.finish()
+    except IntegrityError as broken:
+        if bad is not None:
+            raise IntegrityError(f"{broken.reason} (it first produced an unreadable row: {bad.reason})") from None
+        raise
+    last = splitter.finish()
+    if bad is None and last:
+        yield check.validate(last)
+    if bad is not None:
+        raise bad

@@ -1,0 +1,357 @@
+"""Ingest one drop: metadata, tenant check, ledger claim, key unwrap, stream rows to the sink.
+
+:func:`stream_drop` is the one pipeline every door uses (the function, ``drop decrypt``, the
+benchmark); :func:`ingest_drop` wraps it with the ledger (claim, checkpoints, delivered/failed) and
+:func:`ingest_metadata_blob` is what the blob trigger calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from .bytepath import RowValidator, decode_rows
+from .errors import (
+    DropError,
+    ExtractionFailed,
+    LeaseLost,
+    MetadataError,
+    MetadataNotReady,
+    RowCountMismatch,
+    TenantMismatch,
+    TransientError,
+)
+from .keys import FileKey, KeyUnwrapper
+from .ledger import DropRecord, new_owner_id, utcnow
+from .location import DropLocation, is_metadata_blob, location_from_blob
+from .messages import Envelope
+from .metadata import DropMetadata, parse_metadata
+from .retry import with_retries
+from .runtime import Runtime
+from .sinks import QueueSink, RowSink
+from .sources import BlobDropSource, DropSource
+
+log = logging.getLogger("viva_relay")
+
+#: Attempts (across retries, re-deliveries and re-checks) before a transient problem fails the drop.
+MAX_ATTEMPTS = 6
+
+
+@dataclass
+class StreamStats:
+    """What streaming one drop measured."""
+
+    rows: int = 0
+    data_files: int = 0
+    ciphertext_bytes: int = 0
+    plaintext_bytes: int = 0
+    seconds: float = 0.0
+    algorithm: str = ""
+    key_version: str = ""
+
+    @property
+    def mb_per_s(self) -> float:
+        """Uncompressed MB per second."""
+        return self.plaintext_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class IngestOutcome:
+    """The result of one ingest call, for logs, the demo and tests."""
+
+    status: str  # delivered | failed | waiting | skipped | ignored
+    drop_id: str = ""
+    tenant: str = ""
+    reason: str = ""
+    code: str = ""
+    rows: int = 0
+    messages: int = 0
+    seconds: float = 0.0
+    mb_per_s: float = 0.0
+    algorithm: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for logs and JSON output)."""
+        return asdict(self)
+
+
+def check_tenant(location: DropLocation, metadata: DropMetadata, *, required: bool = True) -> None:
+    """Refuse a drop whose TenantId is not the tenant its location names."""
+    named = location.tenant_from_location
+    if named is None:
+        if required:
+            raise TenantMismatch(
+                f"the drop's location {location.url_path} names no tenant (expected a container named by"
+                " the tenant id or .../VivaInsights/<tenant id>/)"
+            )
+        return
+    if named != metadata.tenant_id:
+        raise TenantMismatch(
+            f"Metadata.json says TenantId {metadata.tenant_id} but the drop lies in the location of"
+            f" tenant {named}; refusing to decrypt it with either tenant's key"
+        )
+
+
+def completion_summary(metadata: DropMetadata, location: DropLocation, stats: StreamStats) -> dict[str, Any]:
+    """The fields of the completion message beyond the counts."""
+
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "run_id": location.run_id or None,
+        "extraction_result_id": metadata.extraction_result_id or None,
+        "copy_activity_id": metadata.copy_activity_id or None,
+        "rows_expected": metadata.rows_expected,
+        "request_start": iso(metadata.request_start_date),
+        "request_end": iso(metadata.request_end_date),
+        "data_files": stats.data_files,
+    }
+
+
+def stream_drop(
+    source: DropSource,
+    metadata: DropMetadata,
+    unwrapper: KeyUnwrapper,
+    sink: RowSink,
+    *,
+    progress: Callable[[int], None] | None = None,
+    file_key: FileKey | None = None,
+) -> StreamStats:
+    """Unwrap the key, stream every data file through the byte path into ``sink``, check the count.
+
+    The completion (``sink.finish``) is only sent once every gzip stream ended with a valid CRC
+    and the row count matches ``NumberOfRowsExtracted``.
+    """
+    started = time.perf_counter()
+    if metadata.key is None:
+        raise MetadataError("Metadata.json has no DecryptionKeyDetails")
+    if file_key is None:
+        file_key = unwrapper.unwrap(
+            metadata.tenant_id, metadata.public_key_version, metadata.key.wrapped_key, metadata.key.iv
+        )
+    stats = StreamStats(algorithm=file_key.algorithm, key_version=file_key.key_version)
+    files = source.data_files_or_fail(metadata.rows_expected)
+    stats.data_files = len(files)
+    validator = RowValidator()
+    for data_file in files:
+        stats.ciphertext_bytes += data_file.size
+        for rows in decode_rows(source.open_chunks(data_file), file_key.key, file_key.iv, validator=validator):
+            stats.plaintext_bytes += sum(map(len, rows)) + len(rows)
+            sink.write(rows)
+            if progress is not None:
+                progress(validator.rows)
+    stats.rows = validator.rows
+    expected = metadata.rows_expected
+    if expected is not None and expected != stats.rows:
+        raise RowCountMismatch(f"the data holds {stats.rows} rows but NumberOfRowsExtracted is {expected}")
+    stats.seconds = time.perf_counter() - started
+    sink.finish(completion_summary(metadata, source.location, stats))
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _metadata_columns(md: DropMetadata) -> dict[str, Any]:
+    return {
+        "TableName": md.table_name,
+        "RowsExpected": md.rows_expected if md.rows_expected is not None else -1,
+        "ExtractionResultId": md.extraction_result_id,
+        "CopyActivityId": md.copy_activity_id,
+        "PublicKeyVersion": md.public_key_version,
+        "DataFactoryName": md.data_factory_name,
+        "OfficeGeo": md.office_geo,
+        "MetadataTenantId": md.tenant_id,
+    }
+
+
+class _Checkpointer:
+    """Heartbeats the ledger as the stream advances (progress and lease renewal)."""
+
+    def __init__(self, rt: Runtime, record: DropRecord, sink: RowSink) -> None:
+        self.rt = rt
+        self.record = record
+        self.sink = sink
+        self.last_seq = record.checkpoint_seq
+        self.last_time = time.monotonic()
+        self.rows_per_seq: dict[int, int] = {}
+
+    def __call__(self, rows: int) -> None:
+        s = self.rt.settings
+        seq = self.sink.delivered_seq
+        due_seq = seq - self.last_seq >= s.checkpoint_every_messages
+        due_time = time.monotonic() - self.last_time > s.drop_lease_seconds / 3
+        if due_seq or due_time:
+            self.record = self.rt.ledger.heartbeat(self.record, seq, rows, s.drop_lease_seconds)
+            self.last_seq = seq
+            self.last_time = time.monotonic()
+
+
+def _fail(
+    rt: Runtime,
+    location: DropLocation,
+    tenant: str,
+    exc: DropError,
+    record: DropRecord | None,
+    details: dict[str, Any] | None = None,
+) -> IngestOutcome:
+    rt.ledger.mark_failed(location, tenant, exc.code, exc.reason, record=record, details=details)
+    log.error("drop %s of tenant %s failed (%s): %s", location.drop_id, tenant, exc.code, exc.reason)
+    return IngestOutcome("failed", location.drop_id, tenant, exc.reason, exc.code)
+
+
+def ingest_drop(
+    rt: Runtime,
+    source: DropSource,
+    metadata_bytes: bytes | None = None,
+    *,
+    owner: str | None = None,
+    sink_factory: Callable[[Envelope, int], RowSink] | None = None,
+) -> IngestOutcome:
+    """Ingest one drop into the downstream queue, recording every step in the ledger.
+
+    Permanent problems end as a failed drop with the reason (and a normal return: no crash loop);
+    transient ones give the lease back and raise :class:`TransientError` for the host to retry.
+    """
+    settings = rt.settings
+    location = source.location
+    named = location.tenant_from_location
+    tenant = named or "unknown"
+    raw = source.read_metadata() if metadata_bytes is None else metadata_bytes
+    try:
+        md = parse_metadata(raw)
+    except MetadataNotReady as exc:
+        record = rt.ledger.mark_waiting(location, tenant, str(exc))
+        first = record.props.get("FirstSeen")
+        if first is not None and utcnow() - first > timedelta(hours=settings.waiting_give_up_hours):
+            return _fail(rt, location, tenant, MetadataError(f"Metadata.json never became valid: {exc}"), None)
+        return IngestOutcome("waiting", location.drop_id, tenant, str(exc))
+    except MetadataError as exc:
+        return _fail(rt, location, tenant, exc, None)
+    details = _metadata_columns(md)
+    try:
+        check_tenant(location, md)
+        if md.has_errors:
+            raise ExtractionFailed("the extraction reported errors: " + " | ".join(md.errors))
+    except DropError as exc:
+        return _fail(rt, location, tenant, exc, None, details)
+
+    owner = owner or new_owner_id()
+    claim = rt.ledger.claim(location, tenant, owner, settings.drop_lease_seconds, details=details)
+    if not claim.claimed:
+        log.info("drop %s not processed: %s", location.drop_id, claim.why)
+        return IngestOutcome("skipped", location.drop_id, tenant, claim.why)
+    record = claim.record
+    if int(record.props.get("Attempts", 1)) > MAX_ATTEMPTS:
+        last = str(record.props.get("LastError", "unknown error"))
+        return _fail(
+            rt, location, tenant, DropError(f"gave up after {MAX_ATTEMPTS} attempts; last error: {last}"), record
+        )
+
+    def attempt() -> IngestOutcome:
+        nonlocal record
+        fresh = rt.ledger.get(tenant, location.drop_id) or record
+        resume_from = fresh.checkpoint_seq
+        envelope = Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name)
+        if sink_factory is not None:
+            sink = sink_factory(envelope, resume_from)
+        else:
+            sink = QueueSink(
+                rt.queue,
+                envelope,
+                settings.message_encoding,
+                time_to_live=settings.message_ttl_seconds,
+                concurrency=settings.put_concurrency,
+                skip_through=resume_from,
+            )
+        checkpointer = _Checkpointer(rt, record, sink)
+        try:
+            stats = stream_drop(source, md, rt.unwrapper, sink, progress=checkpointer)
+        finally:
+            record = checkpointer.record
+            sink.close()
+        messages = sink.messages_sent
+        final_seq = sink.delivered_seq
+        record = rt.ledger.mark_delivered(
+            record,
+            {
+                "Rows": stats.rows,
+                "Messages": final_seq,  # rows messages; the completion message has seq = this
+                "MessagesPutThisAttempt": messages,
+                "CheckpointSeq": final_seq,
+                "CheckpointRows": stats.rows,
+                "Algorithm": stats.algorithm,
+                "KeyVersion": stats.key_version,
+                "DataFiles": stats.data_files,
+                "CiphertextBytes": stats.ciphertext_bytes,
+                "PlaintextBytes": stats.plaintext_bytes,
+                "Seconds": round(stats.seconds, 3),
+                "MBps": round(stats.mb_per_s, 1),
+                "Encoding": settings.message_encoding,
+                "ResumedFromSeq": resume_from,
+            },
+        )
+        log.info(
+            "drop %s of tenant %s delivered: %d rows, %d messages, %.1f MB/s (%s)",
+            location.drop_id,
+            tenant,
+            stats.rows,
+            final_seq,
+            stats.mb_per_s,
+            stats.algorithm,
+        )
+        return IngestOutcome(
+            "delivered",
+            location.drop_id,
+            tenant,
+            rows=stats.rows,
+            messages=final_seq,
+            seconds=stats.seconds,
+            mb_per_s=stats.mb_per_s,
+            algorithm=stats.algorithm,
+        )
+
+    try:
+        return with_retries(attempt, attempts=3, base_delay=1.0, what=f"drop {location.drop_id}")
+    except DropError as exc:
+        return _fail(rt, location, tenant, exc, record)
+    except LeaseLost as exc:
+        log.warning("drop %s: %s", location.drop_id, exc)
+        return IngestOutcome("skipped", location.drop_id, tenant, str(exc))
+    except TransientError as exc:
+        rt.ledger.release(record, str(exc))
+        raise
+    except Exception as exc:
+        rt.ledger.release(record, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def ingest_metadata_blob(rt: Runtime, container: str, blob_name: str, metadata: bytes | None = None) -> IngestOutcome:
+    """What the blob trigger calls for ``container/blob_name`` (any blob: non-drops are ignored)."""
+    if container != rt.settings.landing_container:
+        return IngestOutcome("ignored", reason=f"container {container} is not {rt.settings.landing_container}")
+    if not is_metadata_blob(blob_name):
+        return IngestOutcome("ignored", reason=f"{blob_name} is not a Metadata.json")
+    location = location_from_blob(rt.landing_account, container, blob_name)
+    source = BlobDropSource(rt.landing_container(container), location)
+    return ingest_drop(rt, source, metadata)
+
+
+def recheck_drops(rt: Runtime) -> list[IngestOutcome]:
+    """Re-run waiting drops and drops whose attempt died (lease expired). One failure never stops the rest."""
+    outcomes: list[IngestOutcome] = []
+    now = utcnow()
+    candidates = list(rt.ledger.list(state="waiting"))
+    candidates += [r for r in rt.ledger.list(state="in_progress") if not r.lease_active(now)]
+    for record in candidates:
+        loc = record.location
+        try:
+            outcomes.append(ingest_metadata_blob(rt, loc.container, loc.metadata_path))
+        except Exception as exc:
+            log.exception("re-check of drop %s failed", record.drop_id)
+            outcomes.append(IngestOutcome("error", record.drop_id, record.tenant, str(exc)))
+    return outcomes

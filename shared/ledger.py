@@ -1,0 +1,411 @@
+"""The drop ledger: each drop's state machine, with ETag-guarded transitions.
+
+States::
+
+    waiting ──> in_progress ──> delivered ──> deleted
+       │             │  ▲
+       │             ▼  │ (lease expired / released: the next attempt takes over)
+       └─────────> failed ──(drops reprocess)──> waiting
+
+One row per drop: PartitionKey = tenant id (the one the drop's location names), RowKey = drop id.
+Every transition is a conditional write on the row's ETag, so two workers can never both own a
+drop: the loser of a race re-reads and sees the winner's lease. Modelled on a persistence layer
+with one interface and concrete backends; :class:`TableDropLedger` is the Azure Table backend.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, UpdateMode
+
+from .errors import LeaseLost, TransientError
+from .location import DropLocation
+
+WAITING = "waiting"
+IN_PROGRESS = "in_progress"
+DELIVERED = "delivered"
+FAILED = "failed"
+DELETED = "deleted"
+STATES = (WAITING, IN_PROGRESS, DELIVERED, FAILED, DELETED)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+def _as_utc(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass
+class DropRecord:
+    """One ledger row. ``props`` holds every column; helpers read the common ones."""
+
+    tenant: str
+    drop_id: str
+    props: dict[str, Any] = field(default_factory=dict)
+    etag: str = ""
+
+    @property
+    def state(self) -> str:
+        """The drop's state."""
+        return str(self.props.get("State", ""))
+
+    @property
+    def lease_owner(self) -> str:
+        """Who holds the lease ('' when nobody)."""
+        return str(self.props.get("LeaseOwner", "") or "")
+
+    @property
+    def lease_until(self) -> datetime | None:
+        """When the lease expires."""
+        return _as_utc(self.props.get("LeaseUntil"))
+
+    @property
+    def checkpoint_seq(self) -> int:
+        """Highest message sequence number durably delivered (-1: none)."""
+        return int(self.props.get("CheckpointSeq", -1))
+
+    @property
+    def location(self) -> DropLocation:
+        """Where the drop lives."""
+        return DropLocation(
+            account=str(self.props.get("Account", "")),
+            container=str(self.props.get("Container", "")),
+            drop_root=str(self.props.get("DropRoot", "")),
+        )
+
+    def lease_active(self, now: datetime) -> bool:
+        """True while another attempt's lease has not expired."""
+        until = self.lease_until
+        return self.state == IN_PROGRESS and until is not None and until > now
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of :meth:`DropLedger.claim`."""
+
+    record: DropRecord
+    claimed: bool
+    why: str = ""
+
+
+class DropLedger(ABC):
+    """The drop state machine; see the module docstring."""
+
+    @abstractmethod
+    def get(self, tenant: str, drop_id: str) -> DropRecord | None:
+        """One drop, or None."""
+
+    @abstractmethod
+    def find(self, drop_id: str) -> DropRecord | None:
+        """One drop by id, whatever its tenant."""
+
+    @abstractmethod
+    def list(self, tenant: str | None = None, state: str | None = None) -> Iterator[DropRecord]:
+        """Drops, optionally of one tenant and/or state."""
+
+    @abstractmethod
+    def _insert(self, record: DropRecord) -> DropRecord:
+        """Create the row; ResourceExistsError if it exists."""
+
+    @abstractmethod
+    def _replace(self, record: DropRecord) -> DropRecord:
+        """Replace the row if its ETag still matches; ResourceModifiedError otherwise."""
+
+    # -- transitions -------------------------------------------------------------------------
+
+    @staticmethod
+    def _base(location: DropLocation, tenant: str, now: datetime) -> dict[str, Any]:
+        return {
+            "Account": location.account,
+            "Container": location.container,
+            "DropRoot": location.drop_root,
+            "MetadataPath": location.metadata_path,
+            "RunId": location.run_id,
+            "FirstSeen": now,
+            "Attempts": 0,
+            "CheckpointSeq": -1,
+            "CheckpointRows": 0,
+        }
+
+    def claim(
+        self,
+        location: DropLocation,
+        tenant: str,
+        owner: str,
+        lease_seconds: int,
+        *,
+        details: dict[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> Claim:
+        """Take the drop's lease unless it is delivered, failed, or leased by a live attempt."""
+        for _ in range(10):
+            now = now or utcnow()
+            record = self.get(tenant, location.drop_id)
+            lease = {
+                "State": IN_PROGRESS,
+                "LeaseOwner": owner,
+                "LeaseUntil": now + timedelta(seconds=lease_seconds),
+                "StartedAt": now,
+                "Reason": "",
+                "ReasonCode": "",
+            }
+            if record is None:
+                props = self._base(location, tenant, now) | (details or {}) | lease | {"Attempts": 1}
+                try:
+                    return Claim(self._insert(DropRecord(tenant, location.drop_id, props)), True)
+                except ResourceExistsError:
+                    continue
+            if record.state in (DELIVERED, DELETED):
+                return Claim(record, False, f"already {record.state}")
+            if record.state == FAILED:
+                return Claim(record, False, f"failed earlier ({record.props.get('Reason', '')}); use reprocess")
+            if record.lease_active(now) and record.lease_owner != owner:
+                return Claim(record, False, f"in progress by {record.lease_owner} until {record.lease_until}")
+            record.props.update(details or {})
+            record.props.update(lease)
+            record.props["Attempts"] = int(record.props.get("Attempts", 0)) + 1
+            try:
+                return Claim(self._replace(record), True)
+            except ResourceModifiedError:
+                continue
+        raise TransientError(f"could not claim drop {location.drop_id}: too much contention")
+
+    def mark_waiting(
+        self, location: DropLocation, tenant: str, reason: str, *, now: datetime | None = None
+    ) -> DropRecord:
+        """Record that the Metadata.json is not ready yet (only for new or waiting drops)."""
+        for _ in range(10):
+            now = now or utcnow()
+            record = self.get(tenant, location.drop_id)
+            if record is None:
+                props = self._base(location, tenant, now) | {"State": WAITING, "Reason": reason}
+                try:
+                    return self._insert(DropRecord(tenant, location.drop_id, props))
+                except ResourceExistsError:
+                    continue
+            if record.state != WAITING and not (record.state == IN_PROGRESS and not record.lease_active(now)):
+                return record
+            record.props.update({"State": WAITING, "Reason": reason, "LeaseOwner": "", "UpdatedAt": now})
+            try:
+                return self._replace(record)
+            except ResourceModifiedError:
+                continue
+        raise TransientError(f"could not record drop {location.drop_id} as waiting")
+
+    def _owned_update(self, record: DropRecord, changes: dict[str, Any]) -> DropRecord:
+        """Apply ``changes`` to a drop we hold the lease of; LeaseLost if someone took it over."""
+        owner = record.lease_owner
+        for _ in range(10):
+            record.props.update(changes)
+            record.props["UpdatedAt"] = utcnow()
+            try:
+                return self._replace(record)
+            except ResourceModifiedError:
+                fresh = self.get(record.tenant, record.drop_id)
+                if fresh is None or fresh.lease_owner != owner or fresh.state != IN_PROGRESS:
+                    raise LeaseLost(f"drop {record.drop_id} was taken over by another attempt") from None
+                record.etag = fresh.etag
+                record.props = fresh.props
+        raise TransientError(f"could not update drop {record.drop_id}")
+
+    def heartbeat(
+        self, record: DropRecord, checkpoint_seq: int, checkpoint_rows: int, lease_seconds: int
+    ) -> DropRecord:
+        """Checkpoint progress and extend the lease."""
+        return self._owned_update(
+            record,
+            {
+                "CheckpointSeq": max(checkpoint_seq, record.checkpoint_seq),
+                "CheckpointRows": max(checkpoint_rows, int(record.props.get("CheckpointRows", 0))),
+                "LeaseUntil": utcnow() + timedelta(seconds=lease_seconds),
+            },
+        )
+
+    def mark_delivered(self, record: DropRecord, stats: dict[str, Any]) -> DropRecord:
+        """The drop's rows and completion message are all in the queue."""
+        return self._owned_update(
+            record,
+            stats | {"State": DELIVERED, "LeaseOwner": "", "LeaseUntil": None, "DeliveredAt": utcnow()},
+        )
+
+    def release(self, record: DropRecord, reason: str) -> DropRecord:
+        """A transient failure: give the lease up now so the next attempt resumes at once."""
+        return self._owned_update(record, {"LastError": reason[:4000], "LeaseUntil": utcnow() - timedelta(seconds=1)})
+
+    def mark_failed(
+        self,
+        location: DropLocation,
+        tenant: str,
+        code: str,
+        reason: str,
+        *,
+        record: DropRecord | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> DropRecord:
+        """A permanent failure: record the reason; the drop is kept until an operator acts."""
+        changes = (details or {}) | {
+            "State": FAILED,
+            "ReasonCode": code,
+            "Reason": reason[:4000],
+            "LeaseOwner": "",
+            "LeaseUntil": None,
+            "FailedAt": utcnow(),
+        }
+        if record is not None and record.state == IN_PROGRESS and record.lease_owner:
+            return self._owned_update(record, changes)
+        for _ in range(10):
+            now = utcnow()
+            current = self.get(tenant, location.drop_id)
+            if current is None:
+                props = self._base(location, tenant, now) | changes
+                try:
+                    return self._insert(DropRecord(tenant, location.drop_id, props))
+                except ResourceExistsError:
+                    continue
+            if current.state in (DELIVERED, DELETED) or current.lease_active(now):
+                return current  # never downgrade a delivered drop or disturb a live attempt
+            current.props.update(changes)
+            try:
+                return self._replace(current)
+            except ResourceModifiedError:
+                continue
+        raise TransientError(f"could not record drop {location.drop_id} as failed")
+
+    def transition(self, record: DropRecord, expect: tuple[str, ...], changes: dict[str, Any]) -> DropRecord | None:
+        """Change a drop whose state is one of ``expect`` (ETag-guarded); None if it moved on."""
+        for _ in range(10):
+            if record.state not in expect:
+                return None
+            record.props.update(changes)
+            record.props["UpdatedAt"] = utcnow()
+            try:
+                return self._replace(record)
+            except ResourceModifiedError:
+                fresh = self.get(record.tenant, record.drop_id)
+                if fresh is None:
+                    return None
+                record = fresh
+        return None
+
+
+class TableDropLedger(DropLedger):
+    """The ledger in Azure Table storage (Azurite locally)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+        self._ensured = False
+
+    def ensure(self) -> None:
+        """Create the table if missing (once per process)."""
+        if self._ensured:
+            return
+        try:
+            self.table.create_table()
+        except ResourceExistsError:
+            pass
+        except (HttpResponseError, AzureError) as exc:
+            raise TransientError(f"ledger table unavailable: {exc}") from exc
+        self._ensured = True
+
+    @staticmethod
+    def _record(entity: Any) -> DropRecord:
+        props = {k: v for k, v in dict(entity).items() if k not in ("PartitionKey", "RowKey")}
+        return DropRecord(
+            tenant=entity["PartitionKey"],
+            drop_id=entity["RowKey"],
+            props=props,
+            etag=str(entity.metadata.get("etag", "")),
+        )
+
+    @staticmethod
+    def _entity(record: DropRecord) -> dict[str, Any]:
+        clean = {k: v for k, v in record.props.items() if v is not None}
+        return {"PartitionKey": record.tenant, "RowKey": record.drop_id, **clean}
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ResourceNotFoundError, ResourceExistsError, ResourceModifiedError):
+            raise
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                raise ResourceModifiedError(message=str(exc), response=exc.response) from exc
+            raise TransientError(f"ledger {what} failed: HTTP {exc.status_code} {exc.reason}") from exc
+        except AzureError as exc:
+            raise TransientError(f"ledger {what} failed: {exc}") from exc
+
+    def get(self, tenant: str, drop_id: str) -> DropRecord | None:
+        """Read one row."""
+        self.ensure()
+        try:
+            return self._record(self._call("read", self.table.get_entity, tenant, drop_id))
+        except ResourceNotFoundError:
+            return None
+
+    def find(self, drop_id: str) -> DropRecord | None:
+        """Read one row by RowKey, across tenants."""
+        self.ensure()
+        rows = self._call("query", lambda: list(self.table.query_entities("RowKey eq @id", parameters={"id": drop_id})))
+        return self._record(rows[0]) if rows else None
+
+    def list(self, tenant: str | None = None, state: str | None = None) -> Iterator[DropRecord]:
+        """Query rows by tenant and/or state."""
+        self.ensure()
+        clauses, params = [], {}
+        if tenant:
+            clauses.append("PartitionKey eq @t")
+            params["t"] = tenant
+        if state:
+            clauses.append("State eq @s")
+            params["s"] = state
+        if clauses:
+            entities = self._call(
+                "query", lambda: list(self.table.query_entities(" and ".join(clauses), parameters=params))
+            )
+        else:
+            entities = self._call("list", lambda: list(self.table.list_entities()))
+        for e in entities:
+            yield self._record(e)
+
+    def _insert(self, record: DropRecord) -> DropRecord:
+        self.ensure()
+        meta = self._call("insert", self.table.create_entity, self._entity(record))
+        record.etag = str(meta.get("etag", ""))
+        return record
+
+    def _replace(self, record: DropRecord) -> DropRecord:
+        self.ensure()
+        meta = self._call(
+            "update",
+            self.table.update_entity,
+            self._entity(record),
+            mode=UpdateMode.REPLACE,
+            etag=record.etag,
+            match_condition=MatchConditions.IfNotModified,
+        )
+        record.etag = str(meta.get("etag", ""))
+        return record
+
+
+def new_owner_id() -> str:
+    """A unique id for one ingest attempt (the lease owner)."""
+    return uuid.uuid4().hex[:16]

@@ -1,0 +1,183 @@
+"""The downstream message contract and the one packer every sink shares.
+
+A drop becomes a sequence of messages: ``rows`` messages numbered from 0, then one ``complete``
+message whose ``seq`` equals the number of ``rows`` messages. Packing is deterministic (the same rows
+and settings always give the same messages and sequence numbers), so a replay after a crash re-sends
+identical messages and a consumer de-duplicating by ``(drop, seq)`` sees every row exactly once.
+See ``docs/messages.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any
+
+from isal import isal_zlib
+
+from .errors import RowTooLarge
+
+#: Azure Storage queue messages are limited to 64 KiB as stored (after any Base64).
+QUEUE_MESSAGE_LIMIT = 64 * 1024
+CONTRACT_VERSION = 1
+_GZIP_WBITS = 31
+_GZIP_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every message of a drop names."""
+
+    tenant: str
+    drop: str
+    table: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """One encoded queue message (``payload`` is the text to put)."""
+
+    seq: int
+    first_row: int
+    row_count: int
+    payload: str
+    final: bool = False
+
+
+def encode_body(body: bytes, encoding: str) -> str:
+    """Encode a message body for the queue: ``json`` (as is), ``base64``, or ``gzip-base64``."""
+    if encoding == "json":
+        return body.decode("utf-8")
+    if encoding == "base64":
+        return base64.b64encode(body).decode("ascii")
+    if encoding == "gzip-base64":
+        return base64.b64encode(isal_zlib.compress(body, _GZIP_LEVEL, _GZIP_WBITS)).decode("ascii")
+    raise ValueError(f"unknown message encoding {encoding!r}")
+
+
+def decode_message(payload: str | bytes) -> dict[str, Any]:
+    """Decode a message of any of the three encodings (what a consumer does)."""
+    data = payload.encode("utf-8") if isinstance(payload, str) else payload
+    stripped = data.lstrip()
+    if not stripped.startswith(b"{"):
+        data = base64.b64decode(data)
+        if data[:2] == b"\x1f\x8b":
+            data = isal_zlib.decompress(data, _GZIP_WBITS)
+    doc = json.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError("a message is a JSON object")
+    return doc
+
+
+class MessagePacker:
+    """Turns batches of raw JSON rows into messages that fit the queue limit as stored."""
+
+    def __init__(self, envelope: Envelope, encoding: str = "gzip-base64", limit: int = QUEUE_MESSAGE_LIMIT):
+        if encoding not in ("json", "base64", "gzip-base64"):
+            raise ValueError(f"unknown message encoding {encoding!r}")
+        self.envelope = envelope
+        self.encoding = encoding
+        self.limit = limit
+        # Bytes the JSON body may have so that its encoded form fits the limit.
+        self._body_limit = limit if encoding == "json" else (limit // 4) * 3
+        self._prefix = (
+            '{"type":"rows","v":%d,"tenant":%s,"drop":%s,"table":%s,'
+            % (
+                CONTRACT_VERSION,
+                json.dumps(envelope.tenant),
+                json.dumps(envelope.drop),
+                json.dumps(envelope.table),
+            )
+        ).encode("utf-8")
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._ratio = 4.0  # compression ratio estimate; evolves deterministically
+        self.seq = 0
+        self.rows = 0
+
+    def _header(self, seq: int, first_row: int, count: int) -> bytes:
+        return self._prefix + b'"seq":%d,"first_row":%d,"row_count":%d,"rows":[' % (seq, first_row, count)
+
+    def _body(self, n: int) -> bytes:
+        rows = self._pending[:n]
+        return self._header(self.seq, self.rows, n) + b",".join(rows) + b"]}"
+
+    def _raw_target(self) -> int:
+        budget = self._body_limit - len(self._header(self.seq, self.rows, 10**9)) - 2
+        if self.encoding == "gzip-base64":
+            return int(budget * self._ratio * 0.95)
+        return budget
+
+    def _fit_raw(self) -> int:
+        """How many pending rows fit a json/base64 message (greedy, by cumulative length)."""
+        budget = self._body_limit - len(self._header(self.seq, self.rows, len(self._pending))) - 2
+        cumulative = list(accumulate(len(r) + 1 for r in self._pending))
+        n = bisect_right(cumulative, budget + 1)  # the last row has no comma
+        if n == 0:
+            raise RowTooLarge(
+                f"row {self.rows + 1} is {len(self._pending[0])} bytes, larger than one queue message"
+                f" can carry in {self.encoding} ({self.limit} bytes as stored)"
+            )
+        return n
+
+    def _cut(self) -> Message:
+        if self.encoding != "gzip-base64":
+            n = self._fit_raw()
+            payload = encode_body(self._body(n), self.encoding)
+        else:
+            limit = self.limit
+            cumulative = list(accumulate(len(r) + 1 for r in self._pending))
+            n = max(1, min(len(self._pending), bisect_right(cumulative, self._raw_target())))
+            while True:
+                body = self._body(n)
+                payload = encode_body(body, self.encoding)
+                if len(payload) <= limit:
+                    self._ratio = max(1.0, len(body) / max(1, len(payload) * 3 // 4))
+                    break
+                if n == 1:
+                    raise RowTooLarge(
+                        f"row {self.rows + 1} is {len(self._pending[0])} bytes and does not fit one"
+                        f" queue message even compressed ({len(payload)} > {limit} bytes)"
+                    )
+                n = max(1, min(n - 1, int(n * limit / len(payload) * 0.97)))
+        message = Message(seq=self.seq, first_row=self.rows, row_count=n, payload=payload)
+        del self._pending[:n]
+        self._pending_bytes = sum(map(len, self._pending)) if self._pending else 0
+        self.seq += 1
+        self.rows += n
+        return message
+
+    def add(self, rows: list[bytes]) -> Iterator[Message]:
+        """Add rows; yields every message that is full."""
+        self._pending.extend(rows)
+        self._pending_bytes += sum(map(len, rows))
+        while self._pending and self._pending_bytes + len(self._pending) > self._raw_target():
+            yield self._cut()
+
+    def finish(self) -> Iterator[Message]:
+        """Flush the rows still pending (the last, partly filled messages)."""
+        while self._pending:
+            yield self._cut()
+
+    def complete_message(self, summary: dict[str, Any]) -> Message:
+        """The final message of the drop: its ``seq`` is the number of rows messages."""
+        doc: dict[str, Any] = {
+            "type": "complete",
+            "v": CONTRACT_VERSION,
+            "tenant": self.envelope.tenant,
+            "drop": self.envelope.drop,
+            "table": self.envelope.table,
+            "seq": self.seq,
+            "messages": self.seq,
+            "rows": self.rows,
+        }
+        doc.update({k: v for k, v in summary.items() if k not in doc})
+        body = json.dumps(doc, separators=(",", ":"), sort_keys=False).encode("utf-8")
+        payload = encode_body(body, self.encoding)
+        if len(payload) > self.limit:
+            raise ValueError("the completion message does not fit one queue message")
+        return Message(seq=self.seq, first_row=self.rows, row_count=0, payload=payload, final=True)

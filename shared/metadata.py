@@ -1,0 +1,284 @@
+"""Parse and validate a drop's ``Metadata.json``.
+
+This module owns every tolerance SPEC.md asks for, in one place:
+
+* field names match case-insensitively;
+* ``DecryptionKeyDetails`` may be a nested object or a JSON string inside the JSON;
+* counts and dates may be strings or numbers (parsed tolerantly, validated strictly);
+* a UTF-8 byte-order mark and surrounding white space are ignored.
+
+An empty or unparsable file raises :class:`MetadataNotReady` (ADLS Gen2 announces the empty file
+before its content is committed); a parsable file that fails validation raises
+:class:`MetadataError` with a precise reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import MetadataError, MetadataNotReady
+
+#: The sixteen documented fields, in the documented spelling.
+FIELDS = (
+    "CopyActivityId",
+    "JobSubmissionTime",
+    "JobCompletionTime",
+    "RequestStartDate",
+    "RequestEndDate",
+    "ColumnsRequested",
+    "NumberOfRowsExtracted",
+    "DataFactoryName",
+    "TenantId",
+    "Errors",
+    "TableName",
+    "ApplicationId",
+    "OfficeGeo",
+    "ExtractionResultId",
+    "PublicKeyVersion",
+    "DecryptionKeyDetails",
+)
+
+GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_KEY_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
+_MAX_METADATA_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class KeyDetails:
+    """The wrapped file key and IV as carried by ``DecryptionKeyDetails``."""
+
+    key_type: str
+    wrapped_key: bytes
+    iv: bytes
+
+
+@dataclass(frozen=True)
+class DropMetadata:
+    """A validated ``Metadata.json``."""
+
+    tenant_id: str
+    table_name: str
+    rows_expected: int | None
+    errors: tuple[str, ...]
+    key: KeyDetails | None
+    public_key_version: str
+    copy_activity_id: str
+    extraction_result_id: str
+    data_factory_name: str
+    application_id: str
+    office_geo: str
+    columns_requested: tuple[str, ...]
+    job_submission_time: datetime | None
+    job_completion_time: datetime | None
+    request_start_date: datetime | None
+    request_end_date: datetime | None
+
+    @property
+    def has_errors(self) -> bool:
+        """True when the extraction reported errors, in which case there is no data file."""
+        return bool(self.errors)
+
+
+def decode_base64(text: str, what: str) -> bytes:
+    """Decode standard or URL-safe Base64, with or without padding; raise MetadataError."""
+    cleaned = "".join(text.split())
+    if not cleaned:
+        raise MetadataError(f"{what} is empty")
+    cleaned = cleaned.replace("-", "+").replace("_", "/")
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        return base64.b64decode(cleaned, validate=True)
+    except (binascii.Error, ValueError):
+        raise MetadataError(f"{what} is not valid Base64") from None
+
+
+def _fold(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    folded: dict[str, Any] = {}
+    for k, v in obj.items():
+        lk = k.lower()
+        if lk in folded and folded[lk] != v:
+            raise MetadataError(f"{where} has the field {k!r} twice with different values")
+        folded[lk] = v
+    return folded
+
+
+def _text(d: dict[str, Any], name: str, *, required: bool = False) -> str:
+    v = d.get(name.lower())
+    if v is None:
+        if required:
+            raise MetadataError(f"Metadata.json has no {name}")
+        return ""
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        raise MetadataError(f"{name} must be a string, not {type(v).__name__}")
+    return str(v).strip()
+
+
+def _count(d: dict[str, Any], name: str, *, required: bool) -> int | None:
+    v = d.get(name.lower())
+    if v is None or v == "":
+        if required:
+            raise MetadataError(f"Metadata.json has no {name}")
+        return None
+    if isinstance(v, bool):
+        raise MetadataError(f"{name} must be a non-negative whole number, not {v!r}")
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise MetadataError(f"{name} must be a non-negative whole number, not {v!r}")
+        v = int(v)
+    if isinstance(v, str):
+        s = v.strip()
+        if not re.fullmatch(r"\+?\d+(\.0+)?", s):
+            raise MetadataError(f"{name} must be a non-negative whole number, not {v!r}")
+        v = int(s.split(".")[0])
+    if not isinstance(v, int) or v < 0:
+        raise MetadataError(f"{name} must be a non-negative whole number, not {v!r}")
+    return v
+
+
+def parse_time(value: object, name: str) -> datetime | None:
+    """Parse an ISO-8601 string, a .NET-style date string or epoch seconds/ms; None if absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise MetadataError(f"{name} is not a date: {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value) / (1000.0 if value > 10**11 else 1.0)
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise MetadataError(f"{name} is not a date: {value!r}") from None
+    if not isinstance(value, str):
+        raise MetadataError(f"{name} is not a date: {value!r}")
+    s = value.strip()
+    if re.fullmatch(r"\d{9,13}", s):
+        return parse_time(int(s), name)
+    iso = s.replace("Z", "+00:00").replace("z", "+00:00")
+    # .NET writes up to 7 fractional digits; Python accepts at most 6.
+    iso = re.sub(r"(\.\d{6})\d+", r"\1", iso)
+    for candidate in (iso, iso.replace(" ", "T", 1)):
+        try:
+            parsed = datetime.fromisoformat(candidate)
+        except ValueError:
+            continue
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    for fmt in ("%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y"):
+        try:
+            return datetime.strptime(s, fmt).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise MetadataError(f"{name} is not a date: {value!r}")
+
+
+def _errors(value: object) -> tuple[str, ...]:
+    if value is None or value in ("", [], {}):
+        return ()
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped in ("", "[]", "null", "{}"):
+            return ()
+        return (stripped,)
+    if isinstance(value, list):
+        out = [e if isinstance(e, str) else json.dumps(e, sort_keys=True) for e in value]
+        return tuple(e for e in out if e.strip())
+    return (json.dumps(value, sort_keys=True),)
+
+
+def _key_details(value: object) -> KeyDetails:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise MetadataError("DecryptionKeyDetails is a string but not JSON") from None
+    if not isinstance(value, dict):
+        raise MetadataError("DecryptionKeyDetails must be an object (or a JSON string of one)")
+    d = _fold(value, "DecryptionKeyDetails")
+    key_type = d.get("decryptionkeytype", "File")
+    if not isinstance(key_type, str) or key_type.strip().lower() != "file":
+        raise MetadataError(f"DecryptionKeyDetails.DecryptionKeyType must be 'File', not {key_type!r}")
+    wrapped = d.get("value")
+    iv = d.get("iv")
+    if not isinstance(wrapped, str):
+        raise MetadataError("DecryptionKeyDetails has no value (the wrapped file key)")
+    if not isinstance(iv, str):
+        raise MetadataError("DecryptionKeyDetails has no iv")
+    wrapped_bytes = decode_base64(wrapped, "DecryptionKeyDetails.value")
+    if len(wrapped_bytes) not in (256, 384, 512):
+        raise MetadataError(
+            f"DecryptionKeyDetails.value decodes to {len(wrapped_bytes)} bytes;"
+            " an RSA-wrapped key is 256 bytes for RSA-2048"
+        )
+    return KeyDetails(key_type="File", wrapped_key=wrapped_bytes, iv=decode_base64(iv, "DecryptionKeyDetails.iv"))
+
+
+def parse_metadata(raw: bytes | str) -> DropMetadata:
+    """Parse ``Metadata.json`` bytes into :class:`DropMetadata`.
+
+    Raises :class:`MetadataNotReady` for an empty or unparsable file and :class:`MetadataError`
+    for one that parses but is invalid.
+    """
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    if len(raw) > _MAX_METADATA_BYTES:
+        raise MetadataError(f"Metadata.json is {len(raw)} bytes; more than 1 MiB is not a metadata file")
+    text = raw.removeprefix(b"\xef\xbb\xbf").strip()
+    if not text:
+        raise MetadataNotReady("Metadata.json is empty (not committed yet)")
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MetadataNotReady(f"Metadata.json is not valid JSON yet: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MetadataError(f"Metadata.json must hold a JSON object, not {type(doc).__name__}")
+    d = _fold(doc, "Metadata.json")
+
+    tenant = _text(d, "TenantId", required=True)
+    if not GUID_RE.match(tenant):
+        raise MetadataError(f"TenantId {tenant!r} is not a GUID")
+    errors = _errors(d.get("errors"))
+    table = _text(d, "TableName", required=not errors)
+    rows = _count(d, "NumberOfRowsExtracted", required=not errors)
+    application_id = _text(d, "ApplicationId")
+    if application_id and not GUID_RE.match(application_id):
+        raise MetadataError(f"ApplicationId {application_id!r} is not a GUID")
+    version = _text(d, "PublicKeyVersion")
+    if not _KEY_VERSION_RE.match(version):
+        raise MetadataError(f"PublicKeyVersion {version!r} is not a key version")
+    details = d.get("decryptionkeydetails")
+    key: KeyDetails | None = None
+    if details not in (None, "", {}):
+        key = _key_details(details)
+    elif not errors:
+        raise MetadataError("Metadata.json has no DecryptionKeyDetails")
+    columns_raw = d.get("columnsrequested")
+    if isinstance(columns_raw, list):
+        columns = tuple(str(c).strip() for c in columns_raw if str(c).strip())
+    elif isinstance(columns_raw, str):
+        columns = tuple(c.strip() for c in columns_raw.split(",") if c.strip())
+    elif columns_raw is None:
+        columns = ()
+    else:
+        raise MetadataError("ColumnsRequested must be a comma-separated string")
+    return DropMetadata(
+        tenant_id=tenant.lower(),
+        table_name=table,
+        rows_expected=rows,
+        errors=errors,
+        key=key,
+        public_key_version=version,
+        copy_activity_id=_text(d, "CopyActivityId"),
+        extraction_result_id=_text(d, "ExtractionResultId"),
+        data_factory_name=_text(d, "DataFactoryName"),
+        application_id=application_id.lower(),
+        office_geo=_text(d, "OfficeGeo"),
+        columns_requested=columns,
+        job_submission_time=parse_time(d.get("jobsubmissiontime"), "JobSubmissionTime"),
+        job_completion_time=parse_time(d.get("jobcompletiontime"), "JobCompletionTime"),
+        request_start_date=parse_time(d.get("requeststartdate"), "RequestStartDate"),
+        request_end_date=parse_time(d.get("requestenddate"), "RequestEndDate"),
+    )

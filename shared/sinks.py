@@ -1,0 +1,243 @@
+"""Where rows go: the downstream Storage queue, stdout, or nowhere (benchmarks).
+
+Every sink receives validated rows in order. Packed sinks share :class:`MessagePacker`, so a
+replay produces the same messages; ``skip_through`` lets a resumed attempt pack (for determinism)
+but not re-send the messages a previous attempt already delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.storage.queue import QueueClient
+
+from .errors import TransientError
+from .messages import Envelope, Message, MessagePacker
+
+
+class RowSink(ABC):
+    """Receives a drop's rows in order; ``finish`` marks the drop complete downstream."""
+
+    @abstractmethod
+    def write(self, rows: list[bytes]) -> None:
+        """Take a batch of validated rows (raw JSON object bytes)."""
+
+    @abstractmethod
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Everything was written and checked: deliver what is pending and the completion."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (after success or failure)."""
+
+    @property
+    def delivered_seq(self) -> int:
+        """Highest message sequence number such that it and all before it are durably sent."""
+        return -1
+
+    @property
+    def messages_sent(self) -> int:
+        """Messages actually put (not counting skipped replays)."""
+        return 0
+
+
+class NullSink(RowSink):
+    """Counts rows and drops them (the decode path of the benchmark)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def write(self, rows: list[bytes]) -> None:
+        """Count the rows."""
+        self.rows += len(rows)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Nothing to deliver."""
+
+
+class StreamSink(RowSink):
+    """Writes rows as JSON lines to a binary stream (``drop decrypt`` to stdout)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.rows = 0
+
+    def write(self, rows: list[bytes]) -> None:
+        """Write the rows, one per line."""
+        if rows:
+            self.stream.write(b"\n".join(rows))
+            self.stream.write(b"\n")
+            self.rows += len(rows)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Flush the stream."""
+        self.stream.flush()
+
+
+class PackedSink(RowSink):
+    """Packs rows into queue messages; subclasses decide what ``put`` does."""
+
+    def __init__(self, envelope: Envelope, encoding: str, *, skip_through: int = -1) -> None:
+        self.packer = MessagePacker(envelope, encoding)
+        self.skip_through = skip_through
+        self.skipped = 0
+        self.message_bytes = 0
+
+    @abstractmethod
+    def put(self, message: Message) -> None:
+        """Send one message (may be asynchronous)."""
+
+    def flush(self) -> None:
+        """Wait until every message put so far is durably sent."""
+
+    def _emit(self, message: Message) -> None:
+        if message.seq <= self.skip_through and not message.final:
+            self.skipped += 1
+            return
+        self.message_bytes += len(message.payload)
+        self.put(message)
+
+    def write(self, rows: list[bytes]) -> None:
+        """Pack rows; put every full message."""
+        for message in self.packer.add(rows):
+            self._emit(message)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Put the last rows, wait for them, then put the completion message and wait again."""
+        for message in self.packer.finish():
+            self._emit(message)
+        self.flush()
+        self._emit(self.packer.complete_message(summary))
+        self.flush()
+
+
+class CountingSink(PackedSink):
+    """Packs and counts messages without sending them (the packed path of the benchmark)."""
+
+    def __init__(self, envelope: Envelope, encoding: str) -> None:
+        super().__init__(envelope, encoding)
+        self.messages: int = 0
+        self._last = -1
+
+    def put(self, message: Message) -> None:
+        """Count the message."""
+        self.messages += 1
+        self._last = message.seq
+
+    @property
+    def delivered_seq(self) -> int:
+        """Everything counted is 'delivered'."""
+        return self._last
+
+    @property
+    def messages_sent(self) -> int:
+        """Messages packed."""
+        return self.messages
+
+
+class QueueSink(PackedSink):
+    """Puts messages into an Azure Storage queue with a bounded number of concurrent puts.
+
+    The watermark ``delivered_seq`` only advances over a contiguous run of acknowledged puts,
+    which is what the ledger checkpoints.
+    """
+
+    def __init__(
+        self,
+        queue: QueueClient,
+        envelope: Envelope,
+        encoding: str,
+        *,
+        time_to_live: int = -1,
+        concurrency: int = 8,
+        skip_through: int = -1,
+        before_put: Callable[[Message], None] | None = None,
+    ) -> None:
+        super().__init__(envelope, encoding, skip_through=skip_through)
+        self.queue = queue
+        self.time_to_live = time_to_live
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="queue-put")
+        self._slots = threading.BoundedSemaphore(concurrency * 2)
+        self._lock = threading.Lock()
+        self._acked: set[int] = set()
+        self._watermark = skip_through
+        self._error: BaseException | None = None
+        self._inflight: set[Future[None]] = set()
+        self._sent = 0
+        self._before_put = before_put
+
+    def _send(self, message: Message) -> None:
+        if self._before_put is not None:
+            self._before_put(message)
+        self.queue.send_message(message.payload, time_to_live=self.time_to_live)
+
+    def _done(self, message: Message, future: Future[None]) -> None:
+        with self._lock:
+            self._inflight.discard(future)
+            exc = TransientError("queue put cancelled") if future.cancelled() else future.exception()
+            if exc is not None:
+                self._error = self._error or exc
+            else:
+                self._sent += 1
+                self._acked.add(message.seq)
+                while self._watermark + 1 in self._acked:
+                    self._watermark += 1
+                    self._acked.discard(self._watermark)
+        self._slots.release()
+
+    def _raise_if_failed(self) -> None:
+        err = self._error
+        if err is None:
+            return
+        if isinstance(err, HttpResponseError):
+            raise TransientError(f"queue put failed with HTTP {err.status_code}: {err.reason}") from err
+        if isinstance(err, AzureError):
+            raise TransientError(f"queue put failed: {err}") from err
+        raise err
+
+    def put(self, message: Message) -> None:
+        """Submit a put; blocks while the in-flight window is full; raises an earlier failure."""
+        self._raise_if_failed()
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._send, message)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._inflight.add(future)
+        future.add_done_callback(functools.partial(self._done, message))
+
+    def flush(self) -> None:
+        """Wait for every put in flight, then raise the first failure, if any."""
+        while True:
+            with self._lock:
+                pending = list(self._inflight)
+            if not pending:
+                break
+            for f in pending:
+                with contextlib.suppress(BaseException):  # recorded by _done, raised below
+                    f.result()
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        """Stop the put threads (waits for puts in flight; they are idempotent downstream)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def delivered_seq(self) -> int:
+        """Contiguous acknowledged watermark."""
+        with self._lock:
+            return self._watermark
+
+    @property
+    def messages_sent(self) -> int:
+        """Puts acknowledged by the queue."""
+        with self._lock:
+            return self._sent

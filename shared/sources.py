@@ -1,0 +1,143 @@
+"""Where a drop is: a blob container (Storage SDK) or a local folder laid out as in storage.
+
+A source lists the drop's data files relative to its Metadata.json (everything below the drop
+root except the ``metadata/`` folder; never the whole container) and opens each as a stream of
+chunks. Several part files are read in natural name order (``part-2`` before ``part-10``): that
+rule lives in :func:`natural_key` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.storage.blob import ContainerClient
+
+from .errors import NoDataFiles, TransientError
+from .location import METADATA_SUFFIX, DropLocation
+
+CHUNK_BYTES = 4 * 1024 * 1024
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> list[object]:
+    """Sort key for natural name order: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part.lower() for part in _DIGITS.split(name)]
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One encrypted data file of a drop."""
+
+    name: str  # blob name or path relative to the source root
+    size: int
+
+
+def _is_data_file(relative: str) -> bool:
+    first = relative.split("/", 1)[0].lower()
+    return first != "metadata"
+
+
+class DropSource(ABC):
+    """Reads a drop's Metadata.json and data files."""
+
+    location: DropLocation
+
+    @abstractmethod
+    def read_metadata(self) -> bytes:
+        """The Metadata.json bytes (small)."""
+
+    @abstractmethod
+    def list_data_files(self) -> list[DataFile]:
+        """The drop's data files in the order they are read."""
+
+    @abstractmethod
+    def open_chunks(self, data_file: DataFile) -> Iterator[bytes | memoryview]:
+        """The file's bytes as a stream of chunks."""
+
+    def data_files_or_fail(self, rows_expected: int | None) -> list[DataFile]:
+        """The data files; NoDataFiles when there are none but rows are expected."""
+        files = self.list_data_files()
+        if not files and (rows_expected or 0) > 0:
+            raise NoDataFiles(
+                f"no data file beside {self.location.metadata_path} although NumberOfRowsExtracted is {rows_expected}"
+            )
+        return files
+
+
+class BlobDropSource(DropSource):
+    """A drop in a blob container, streamed in chunks with the Storage SDK."""
+
+    def __init__(self, container: ContainerClient, location: DropLocation, chunk_bytes: int = CHUNK_BYTES):
+        self.container = container
+        self.location = location
+        self.chunk_bytes = chunk_bytes
+
+    def read_metadata(self) -> bytes:
+        """Download Metadata.json."""
+        try:
+            return self.container.download_blob(self.location.metadata_path).readall()
+        except ResourceNotFoundError:
+            return b""
+        except (HttpResponseError, AzureError) as exc:
+            raise TransientError(f"could not read {self.location.metadata_path}: {exc}") from exc
+
+    def list_data_files(self) -> list[DataFile]:
+        """Blobs below the drop root, except metadata/ and empty directory markers."""
+        prefix = self.location.data_prefix
+        try:
+            blobs = list(self.container.list_blobs(name_starts_with=prefix or None))
+        except (HttpResponseError, AzureError) as exc:
+            raise TransientError(f"could not list the drop {self.location.url_path}: {exc}") from exc
+        files = [
+            DataFile(name=b.name, size=b.size or 0)
+            for b in blobs
+            if _is_data_file(b.name[len(prefix) :]) and (b.size or 0) > 0
+        ]
+        return sorted(files, key=lambda f: natural_key(f.name))
+
+    def open_chunks(self, data_file: DataFile) -> Iterator[bytes | memoryview]:
+        """Chunked download (one chunk in memory at a time)."""
+        try:
+            downloader = self.container.download_blob(data_file.name, max_concurrency=1)
+            yield from downloader.chunks()
+        except (HttpResponseError, AzureError) as exc:
+            raise TransientError(f"download of {data_file.name} failed: {exc}") from exc
+
+
+class FolderDropSource(DropSource):
+    """A drop in a local folder: ``PATH/metadata/JobMetadata/Metadata.json`` plus its data files."""
+
+    def __init__(self, root: str | Path, chunk_bytes: int = 1024 * 1024) -> None:
+        self.root = Path(root)
+        self.chunk_bytes = chunk_bytes
+        self.location = DropLocation(account="local", container="local", drop_root=str(self.root.resolve()))
+
+    def read_metadata(self) -> bytes:
+        """Read Metadata.json ('' when it does not exist)."""
+        path = self.root / METADATA_SUFFIX
+        return path.read_bytes() if path.is_file() else b""
+
+    def list_data_files(self) -> list[DataFile]:
+        """Files below the folder, except metadata/."""
+        files = []
+        for p in self.root.rglob("*"):
+            rel = p.relative_to(self.root).as_posix()
+            if p.is_file() and _is_data_file(rel) and p.stat().st_size > 0:
+                files.append(DataFile(name=rel, size=p.stat().st_size))
+        return sorted(files, key=lambda f: natural_key(f.name))
+
+    def open_chunks(self, data_file: DataFile) -> Iterator[bytes | memoryview]:
+        """Read the file in chunks into one reused buffer."""
+        buf = bytearray(self.chunk_bytes)
+        view = memoryview(buf)
+        with open(self.root / data_file.name, "rb", buffering=0) as fh:
+            while True:
+                n = fh.readinto(buf)
+                if not n:
+                    break
+                yield view[:n]

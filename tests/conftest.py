@@ -1,0 +1,122 @@
+"""Shared fixtures: one Azurite per test session, fresh names per test, a local key folder."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.queue import QueueClient
+
+from devtools.azurite import Azurite
+from shared.config import Settings
+from shared.keyfolder import KeyFolder
+from shared.messages import decode_message
+from shared.runtime import Runtime
+from shared.simulate import BlobWriter, DropVariant, SimulatedDrop, sample_layout_root, simulate_drop
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite on free loopback ports for the whole session."""
+    with Azurite() as instance:
+        yield instance
+
+
+def read_queue(queue: QueueClient) -> list[dict[str, Any]]:
+    """Drain a queue and decode every message (any of the three encodings)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        batch = list(queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60))
+        if not batch:
+            return out
+        for m in batch:
+            out.append(decode_message(m.content))
+            queue.delete_message(m)
+
+
+@dataclass
+class Relay:
+    """A configured Viva Relay against Azurite, with helpers to make drops and read results."""
+
+    rt: Runtime
+    env: dict[str, str]
+    keys: KeyFolder
+    landing: ContainerClient
+    tmp: Path
+
+    @property
+    def settings(self) -> Settings:
+        return self.rt.settings
+
+    def new_tenant(self) -> str:
+        tenant = str(uuid.uuid4())
+        self.keys.create(tenant)
+        return tenant
+
+    def drop(
+        self,
+        tenant: str,
+        *,
+        rows: int | None = 300,
+        variant: DropVariant | None = None,
+        root: str | None = None,
+        public_tenant: str | None = None,
+        **kw: Any,
+    ) -> tuple[SimulatedDrop, str]:
+        """Simulate a drop into the landing container (sample layout); returns (drop, metadata path)."""
+        from shared.keyfolder import key_version
+
+        drop_root = root if root is not None else sample_layout_root(tenant)[0]
+        public = self.keys.public_key(public_tenant or tenant)
+        sim = simulate_drop(
+            BlobWriter(self.landing, drop_root),
+            tenant_id=tenant,
+            public_key=public,
+            key_version=key_version(public),
+            rows=rows,
+            variant=variant,
+            **kw,
+        )
+        return sim, sim.metadata_path
+
+    def messages(self) -> list[dict[str, Any]]:
+        return read_queue(self.rt.queue)
+
+    def blob_names(self) -> list[str]:
+        return sorted(b.name for b in self.landing.list_blobs())
+
+
+def make_relay(azurite: Azurite, tmp: Path, **overrides: str) -> Relay:
+    suffix = uuid.uuid4().hex[:10]
+    env = {
+        "LandingStorage": azurite.connection_string,
+        "RelayStorage": azurite.connection_string,
+        "LANDING_CONTAINER": f"landing-{suffix}",
+        "DOWNSTREAM_QUEUE": f"rows-{suffix}",
+        "LEDGER_TABLE": f"drops{suffix}",
+        "TENANT_TABLE": f"tenants{suffix}",
+        "RUN_TABLE": f"runs{suffix}",
+        "KEY_SOURCE": "folder",
+        "KEY_FOLDER": str(tmp / "keys"),
+        "DOWNSTREAM_MESSAGE_ENCODING": "gzip-base64",
+    } | overrides
+    rt = Runtime(Settings.from_env(env))
+    landing = rt.landing_container()
+    landing.create_container()
+    return Relay(rt=rt, env=env, keys=KeyFolder(tmp / "keys"), landing=landing, tmp=tmp)
+
+
+@pytest.fixture
+def relay(azurite: Azurite, tmp_path: Path) -> Relay:
+    """A fresh relay (own container, queue and tables) against the session's Azurite."""
+    return make_relay(azurite, tmp_path)
+
+
+@pytest.fixture
+def blob_service(azurite: Azurite) -> BlobServiceClient:
+    return BlobServiceClient.from_connection_string(azurite.connection_string)
