@@ -1,0 +1,1 @@
+"""The ``viva-relay`` operator CLI (a thin shell over the ``shared`` library)."""

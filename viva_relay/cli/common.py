@@ -1,0 +1,132 @@
+"""What every command shares: exit codes, settings loading, error reporting, progress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from shared.config import Settings
+from shared.errors import ConfigError, DropError, TransientError, VivaRelayError
+from shared.runtime import Runtime
+
+#: Exit codes monitoring can rely on.
+EXIT_OK = 0
+EXIT_PROBLEM = 1  # a bad drop, a failed check, something found wrong
+EXIT_USAGE = 2  # argparse's own code for bad arguments
+EXIT_CONFIG = 3  # missing or invalid settings
+EXIT_TRANSIENT = 4  # Azure unreachable or throttled: try again later
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_settings_option(parser: argparse.ArgumentParser) -> None:
+    """``--settings FILE``: read app settings from a local.settings.json (environment wins)."""
+    parser.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="a local.settings.json whose Values are used as settings (the environment overrides them)",
+    )
+
+
+def load_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment, with a local.settings.json's Values underneath it when given."""
+    env: dict[str, str] = {}
+    path = getattr(args, "settings", None)
+    if path:
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read settings file {path}: {exc}") from None
+        values = doc.get("Values", {}) if isinstance(doc, dict) else {}
+        env.update({str(k): str(v) for k, v in values.items()})
+    env.update(os.environ)
+    return env
+
+
+def runtime_from(args: argparse.Namespace, overrides: Mapping[str, str] | None = None, **kw: Any) -> Runtime:
+    """A Runtime from the environment (+ --settings file + overrides)."""
+    env = load_env(args) | dict(overrides or {})
+    return Runtime(Settings.from_env(env), **kw)
+
+
+def fail(message: str, code: int = EXIT_PROBLEM) -> int:
+    """Print a one-line reason to stderr and return ``code``."""
+    print(f"viva-relay: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def run_handler(handler: Handler, args: argparse.Namespace) -> int:
+    """Run a command, turning known errors into one line on stderr and a meaningful exit code."""
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        return fail(f"configuration: {exc}", EXIT_CONFIG)
+    except DropError as exc:
+        return fail(f"{exc.code}: {exc.reason}", EXIT_PROBLEM)
+    except TransientError as exc:
+        return fail(f"temporarily unavailable: {exc}", EXIT_TRANSIENT)
+    except VivaRelayError as exc:
+        return fail(str(exc), EXIT_PROBLEM)
+    except BrokenPipeError:
+        # `viva-relay drop decrypt ... | head` closes stdout early: not an error.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's final flush
+        except OSError:
+            pass
+        return EXIT_OK
+
+
+class Progress:
+    """A small progress line on stderr (only when stderr is a terminal, or when forced)."""
+
+    def __init__(self, label: str, total: int | None = None, *, stream: TextIO | None = None,
+                 force: bool = False) -> None:
+        self.label = label
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = force or self.stream.isatty()
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, done: int, unit: str = "rows") -> None:
+        """Redraw at most five times a second."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.2:
+            return
+        self._last = now
+        rate = done / max(1e-9, now - self.started)
+        if self.total:
+            width = 30
+            filled = int(width * min(1.0, done / self.total))
+            bar = "#" * filled + "-" * (width - filled)
+            text = f"\r{self.label} [{bar}] {done:,}/{self.total:,} {unit} ({rate:,.0f}/s)"
+        else:
+            text = f"\r{self.label} {done:,} {unit} ({rate:,.0f}/s)"
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the progress line."""
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], *, stream: TextIO | None = None) -> None:
+    """A plain, aligned text table."""
+    out = stream or sys.stdout
+    if not rows:
+        out.write("(none)\n")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    out.write("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip() + "\n")
+    for r in rows:
+        out.write("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() + "\n")

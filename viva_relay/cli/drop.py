@@ -1,0 +1,178 @@
+"""``viva-relay drop ...``: simulate a drop, decrypt a drop to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.config import LANDING_CONNECTION
+from shared.errors import MetadataError, MetadataNotReady, VivaRelayError
+from shared.ingest import check_tenant, stream_drop
+from shared.keyfolder import KeyFolder, KeyFolderUnwrapper, key_version
+from shared.keys import KeyUnwrapper
+from shared.metadata import GUID_RE, parse_metadata
+from shared.simulate import (
+    BlobWriter,
+    DropVariant,
+    DropWriter,
+    FolderWriter,
+    parse_size,
+    sample_layout_root,
+    simulate_drop,
+)
+from shared.sinks import StreamSink
+from shared.sources import FolderDropSource
+
+from . import common
+
+
+def _tenant(text: str) -> str:
+    if not GUID_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tenant id (a GUID)")
+    return text.lower()
+
+
+def register(sub: Any) -> None:
+    """Add ``drop simulate`` and ``drop decrypt``."""
+    parser: argparse.ArgumentParser = sub.add_parser("drop", help="simulate or decrypt one drop")
+    cmds = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sim = cmds.add_parser(
+        "simulate",
+        help="create a realistic encrypted drop in a folder or a blob container",
+        description="Create a drop as MGDC writes it: rows shaped like Viva Insights person-week metrics, "
+        "gzip then AES-256-CBC, the file key wrapped with the tenant's public key, and a complete Metadata.json "
+        "(written last).",
+    )
+    sim.add_argument("--tenant", required=True, type=_tenant, help="customer tenant id (the key's name)")
+    size = sim.add_mutually_exclusive_group()
+    size.add_argument("--rows", type=int, help="number of rows (default 1000)")
+    size.add_argument("--size", help="uncompressed size instead, e.g. 100MB or 1GB")
+    where = sim.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="write the drop into this folder (PATH/metadata/JobMetadata/...)")
+    where.add_argument("--container", help="write into this landing container (connection LandingStorage)")
+    sim.add_argument("--key-folder", type=Path, help="local key folder holding <tenant>.pem (default: KEY_FOLDER)")
+    sim.add_argument("--vault-url", help="take the tenant's public key from this Key Vault instead")
+    sim.add_argument("--shape", choices=("display", "underscore"), default="display",
+                     help="row shape: Microsoft's display names with numbers as strings (default) or underscores")
+    sim.add_argument("--run-id", help="pipeline run id for the folder layout (default: random)")
+    sim.add_argument("--table-name", default="VivaInsightsDataset_PersonReport_v1")
+    sim.add_argument("--parts", type=int, default=1, help="number of encrypted part files (needs --rows)")
+    sim.add_argument("--members", type=int, default=1, help="gzip members per part file")
+    sim.add_argument("--rsa-padding", choices=("RSA-OAEP-256", "RSA-OAEP", "RSA1_5"), default="RSA-OAEP-256")
+    sim.add_argument("--key-text", choices=("raw", "base64", "hex"), default="raw",
+                     help="how the AES key is encoded before RSA wrapping")
+    sim.add_argument("--iv-text", choices=("raw", "base64", "hex"), default="raw")
+    sim.add_argument("--details-as-string", action="store_true", help="DecryptionKeyDetails as a JSON string")
+    sim.add_argument("--field-case", choices=("documented", "lower", "upper"), default="documented")
+    sim.add_argument("--counts-as-strings", action="store_true")
+    sim.add_argument("--crlf", action="store_true", help="CRLF line ends")
+    sim.add_argument("--bom", action="store_true", help="start the data with a UTF-8 BOM")
+    sim.add_argument("--no-final-newline", action="store_true")
+    sim.add_argument("--errors", help="simulate a failed extraction: Errors set, no data file")
+    common.add_settings_option(sim)
+    sim.set_defaults(handler=simulate_command)
+
+    dec = cmds.add_parser(
+        "decrypt",
+        help="decrypt a drop and stream its rows to stdout as JSON lines",
+        description="Decrypt a drop laid out as in storage (PATH/metadata/JobMetadata/Metadata.json plus its data "
+        "files) and write every row to stdout, one JSON object per line. Runs the same validation and "
+        "decryption as the ingest function; plaintext never touches disk. Exit 0 for a good drop; otherwise a "
+        "one-line reason on stderr and exit 1.",
+    )
+    dec.add_argument("path", type=Path, help="the drop's root folder")
+    dec.add_argument("--key-folder", type=Path, help="local key folder with <tenant id>.pem (default: KEY_FOLDER)")
+    dec.add_argument("--algorithms", default="RSA-OAEP-256,RSA-OAEP",
+                     help="RSA paddings to try, in order (add RSA1_5 only if you must)")
+    dec.add_argument("--progress", action="store_true", help="show a progress line on stderr")
+    common.add_settings_option(dec)
+    dec.set_defaults(handler=decrypt_command)
+
+
+def _key_folder(args: argparse.Namespace) -> Path:
+    if args.key_folder:
+        return Path(args.key_folder)
+    return Path(common.load_env(args).get("KEY_FOLDER", "keys"))
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    """Write a simulated drop and print a JSON summary."""
+    if args.parts > 1 and args.size:
+        return common.fail("--parts needs --rows (a size cannot be split evenly in advance)", common.EXIT_USAGE)
+    variant = DropVariant(
+        shape=args.shape, rsa_padding=args.rsa_padding, key_text=args.key_text, iv_text=args.iv_text,
+        details_as_string=args.details_as_string, field_case=args.field_case,
+        counts_as_strings=args.counts_as_strings, parts=args.parts, members=args.members, crlf=args.crlf,
+        bom=args.bom, final_newline=not args.no_final_newline,
+    )
+    if args.vault_url:
+        from shared.keyvault_admin import public_key_from_vault
+
+        public, version = public_key_from_vault(args.vault_url, args.tenant)
+    else:
+        folder = KeyFolder(_key_folder(args))
+        public = folder.public_key(args.tenant)
+        version = key_version(public)
+    writer: DropWriter
+    run_id = ""
+    if args.out:
+        writer = FolderWriter(args.out)
+        where = str(args.out)
+    else:
+        rt = common.runtime_from(args, {"KEY_SOURCE": "folder"})
+        container = rt.landing_container(args.container)
+        if not container.exists():
+            container.create_container()
+        if args.container.lower() == args.tenant:
+            run_id = args.run_id or __import__("uuid").uuid4().hex
+            root = run_id
+        else:
+            root, run_id = sample_layout_root(args.tenant, args.run_id)
+        writer = BlobWriter(container, root)
+        where = f"{args.container}/{root}"
+    rows = None if args.size else (args.rows if args.rows is not None else 1000)
+    result = simulate_drop(
+        writer, tenant_id=args.tenant, public_key=public, key_version=version, rows=rows,
+        size=parse_size(args.size) if args.size else None, variant=variant, table_name=args.table_name,
+        errors=[args.errors] if args.errors else None,
+    )
+    print(json.dumps({
+        "tenant": args.tenant, "where": where, "metadata": result.metadata_path, "run_id": run_id or None,
+        "rows": result.rows, "data_files": result.data_files, "plaintext_bytes": result.plaintext_bytes,
+        "ciphertext_bytes": result.ciphertext_bytes, "key_version": version,
+    }, indent=2))
+    return common.EXIT_OK
+
+
+def decrypt_command(args: argparse.Namespace) -> int:
+    """Stream a local drop's rows to stdout."""
+    source = FolderDropSource(args.path)
+    raw = source.read_metadata()
+    if not raw:
+        return common.fail(f"{args.path} has no metadata/JobMetadata/Metadata.json")
+    try:
+        metadata = parse_metadata(raw)
+    except MetadataNotReady as exc:
+        raise MetadataError(str(exc)) from None
+    if metadata.has_errors:
+        return common.fail("extraction_errors: the extraction reported errors, there is no data: "
+                           + " | ".join(metadata.errors))
+    check_tenant(source.location, metadata, required=False)
+    algorithms = tuple(a.strip().upper() for a in args.algorithms.split(",") if a.strip())
+    unwrapper: KeyUnwrapper = KeyFolderUnwrapper(_key_folder(args), algorithms)
+    progress = common.Progress("decrypt", metadata.rows_expected, force=args.progress)
+    sink = StreamSink(sys.stdout.buffer)
+    try:
+        stats = stream_drop(source, metadata, unwrapper, sink, progress=progress.update)
+    except VivaRelayError:
+        sys.stdout.buffer.flush()
+        raise
+    finally:
+        progress.close()
+    print(f"viva-relay: {stats.rows} rows, {stats.data_files} data file(s), key unwrapped with {stats.algorithm}",
+          file=sys.stderr)
+    return common.EXIT_OK
