@@ -7,6 +7,7 @@ whatever the drop size: a decrypt buffer of one input chunk, an inflate output c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 
 import simdjson
@@ -187,6 +188,14 @@ class LineSplitter:
         return [tail] if tail.strip() else []
 
 
+def _stdlib_object(line: bytes) -> bool | None:
+    """True/False whether ``line`` is a JSON object per the standard library; None if not JSON."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return None
+
+
 class RowValidator:
     """Checks that each line is exactly one JSON object (simdjson; also validates UTF-8)."""
 
@@ -205,9 +214,16 @@ class RowValidator:
                 doc = parse(line)
                 is_object = isinstance(doc, simdjson.Object)
                 del doc
-            except (ValueError, UnicodeDecodeError) as exc:
-                first = str(exc).split(":")[0]
-                raise BadRow(f"{where} (line {i + 1} of its chunk) is not valid JSON: {first}") from None
+            except UnicodeDecodeError:
+                raise BadRow(f"{where} (line {i + 1} of its chunk) is not valid UTF-8 JSON") from None
+            except (ValueError, RuntimeError) as exc:
+                # simdjson refuses numbers outside 64-bit/double range that JSON itself allows
+                # (e.g. 1e400, 30-digit integers); such rows are valid and pass through unchanged.
+                verdict = _stdlib_object(line)
+                if verdict is None:
+                    first = str(exc).split(":")[0]
+                    raise BadRow(f"{where} (line {i + 1} of its chunk) is not valid JSON: {first}") from None
+                is_object = verdict
             if not is_object:
                 raise BadRow(f"{where} is valid JSON but not an object")
             kept.append(line)
@@ -227,8 +243,8 @@ class RowValidator:
             else:
                 self.rows += len(lines)
                 return lines
-        except (ValueError, UnicodeDecodeError):
-            pass
+        except (ValueError, RuntimeError, UnicodeDecodeError):
+            pass  # the slow path below names the bad row, or accepts what simdjson cannot represent
         kept = self._slow(lines)
         self.rows += len(kept)
         return kept
