@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import ingest, recheck
+from functions import cleanup, ingest, recheck, schedule
 
-BLUEPRINTS = (ingest.bp, recheck.bp)
+BLUEPRINTS = (ingest.bp, recheck.bp, schedule.bp, cleanup.bp)
 
 
 def create_app() -> func.FunctionApp:

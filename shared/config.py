@@ -75,6 +75,7 @@ class Settings:
     drop_lease_seconds: int = 600
     checkpoint_every_messages: int = 64
     waiting_give_up_hours: int = 24
+    delete_after_delivery: bool = True
     failed_retention_days: int = 0
     orphan_grace_hours: int = 72
     data_factory_subscription_id: str = ""
@@ -145,7 +146,7 @@ class Settings:
             key_folder=get("KEY_FOLDER", d.key_folder),
             unwrap_algorithms=algorithms,
             drop_lease_seconds=_int(
-                "DROP_LEASE_SECONDS", get("DROP_LEASE_SECONDS", str(d.drop_lease_seconds)), minimum=30
+                "DROP_LEASE_SECONDS", get("DROP_LEASE_SECONDS", str(d.drop_lease_seconds)), minimum=2
             ),
             checkpoint_every_messages=_int(
                 "CHECKPOINT_EVERY_MESSAGES",
@@ -153,6 +154,7 @@ class Settings:
                 minimum=1,
             ),
             waiting_give_up_hours=_int("WAITING_GIVE_UP_HOURS", get("WAITING_GIVE_UP_HOURS", "24"), minimum=1),
+            delete_after_delivery=_bool("DELETE_AFTER_DELIVERY", get("DELETE_AFTER_DELIVERY", "true")),
             failed_retention_days=_int("FAILED_DROP_RETENTION_DAYS", get("FAILED_DROP_RETENTION_DAYS", "0"), minimum=0),
             orphan_grace_hours=_int("ORPHAN_GRACE_HOURS", get("ORPHAN_GRACE_HOURS", "72"), minimum=0),
             data_factory_subscription_id=get("DATA_FACTORY_SUBSCRIPTION_ID", "").strip(),

@@ -170,25 +170,39 @@ def _metadata_columns(md: DropMetadata) -> dict[str, Any]:
 
 
 class _Checkpointer:
-    """Heartbeats the ledger as the stream advances (progress and lease renewal)."""
+    """Heartbeats the ledger as the stream advances (progress and lease renewal).
 
-    def __init__(self, rt: Runtime, record: DropRecord, sink: RowSink) -> None:
+    It also guards every put: once the lease may have expired without renewal (a stalled worker),
+    no further message is sent, so a worker that took the drop over is the only one sending.
+    """
+
+    def __init__(self, rt: Runtime, record: DropRecord) -> None:
         self.rt = rt
         self.record = record
-        self.sink = sink
+        self.sink: RowSink | None = None
         self.last_seq = record.checkpoint_seq
         self.last_time = time.monotonic()
-        self.rows_per_seq: dict[int, int] = {}
+        lease = rt.settings.drop_lease_seconds
+        # Stop sending a little before the ledger's lease ends, to absorb clock skew between workers.
+        self._margin = lease / 10
+        self.valid_until = self.last_time + lease - self._margin
+
+    def guard(self, _message: object) -> None:
+        """Called before each queue put: refuse to send on a lease that may have been taken over."""
+        if time.monotonic() > self.valid_until:
+            raise LeaseLost(f"the lease on drop {self.record.drop_id} was not renewed in time; stopping")
 
     def __call__(self, rows: int) -> None:
         s = self.rt.settings
-        seq = self.sink.delivered_seq
+        seq = self.sink.delivered_seq if self.sink is not None else -1
         due_seq = seq - self.last_seq >= s.checkpoint_every_messages
         due_time = time.monotonic() - self.last_time > s.drop_lease_seconds / 3
         if due_seq or due_time:
+            renewed_at = time.monotonic()
             self.record = self.rt.ledger.heartbeat(self.record, seq, rows, s.drop_lease_seconds)
+            self.valid_until = renewed_at + s.drop_lease_seconds - self._margin
             self.last_seq = seq
-            self.last_time = time.monotonic()
+            self.last_time = renewed_at
 
 
 def _fail(
@@ -257,6 +271,8 @@ def ingest_drop(
         fresh = rt.ledger.get(tenant, location.drop_id) or record
         resume_from = fresh.checkpoint_seq
         envelope = Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name)
+        checkpointer = _Checkpointer(rt, fresh)
+        sink: RowSink
         if sink_factory is not None:
             sink = sink_factory(envelope, resume_from)
         else:
@@ -267,8 +283,9 @@ def ingest_drop(
                 time_to_live=settings.message_ttl_seconds,
                 concurrency=settings.put_concurrency,
                 skip_through=resume_from,
+                before_put=checkpointer.guard,
             )
-        checkpointer = _Checkpointer(rt, record, sink)
+        checkpointer.sink = sink
         try:
             stats = stream_drop(source, md, rt.unwrapper, sink, progress=checkpointer)
         finally:
@@ -295,6 +312,14 @@ def ingest_drop(
                 "ResumedFromSeq": resume_from,
             },
         )
+        if settings.delete_after_delivery:
+            # The immediate cleanup pass; best effort: the daily cleanup timer retries a failure.
+            try:
+                from .cleanup import delete_drop
+
+                delete_drop(rt, record)
+            except Exception:
+                log.exception("drop %s delivered, but deleting it failed; the daily cleanup retries", location.drop_id)
         log.info(
             "drop %s of tenant %s delivered: %d rows, %d messages, %.1f MB/s (%s)",
             location.drop_id,
@@ -316,7 +341,7 @@ def ingest_drop(
         )
 
     try:
-        return with_retries(attempt, attempts=3, base_delay=1.0, what=f"drop {location.drop_id}")
+        return with_retries(attempt, attempts=3, base_delay=rt.retry_delay_seconds, what=f"drop {location.drop_id}")
     except DropError as exc:
         return _fail(rt, location, tenant, exc, record)
     except LeaseLost as exc:

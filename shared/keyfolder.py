@@ -4,26 +4,48 @@ Layout::
 
     <folder>/<tenant id>.pem              the tenant's current key
     <folder>/<tenant id>.<version>.pem    older versions kept after ``keys create --rotate``
+    <folder>/<tenant id>.<version>.json   when that version was made and when it expires
 
 A key's version is the first 32 hex digits of the SHA-256 of its public key (SubjectPublicKeyInfo,
 DER): the same shape as a Key Vault key version, and computable from the public key alone, so the
-simulator can write it into ``PublicKeyVersion``.
+simulator can write it into ``PublicKeyVersion``. PEM files hold no dates, so each version's
+expiry lives in the JSON file beside it; the rules (RSA-2048, an expiry, no key shared between
+tenants) are those of :mod:`shared.keycheck`, the same as for Key Vault.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .errors import KeyNotFound, VivaRelayError
+from .keycheck import (
+    DEFAULT_EXPIRY_DAYS,
+    DEFAULT_SOON_DAYS,
+    KEY_SIZE,
+    CreatedKey,
+    KeyReport,
+    KeyVersionInfo,
+    assess,
+    expiry_after,
+    load_private_pem,
+    public_jwk,
+    public_pem,
+    refuse_reuse,
+    require_key_size,
+)
 from .keys import KeyUnwrapper
 from .metadata import GUID_RE
 
-KEY_SIZE = 2048
+__all__ = ["KEY_SIZE", "KeyFolder", "KeyFolderUnwrapper", "key_version", "padding_for"]
 
 
 def padding_for(algorithm: str) -> padding.AsymmetricPadding:
@@ -50,6 +72,16 @@ def _check_tenant(tenant_id: str) -> str:
     return tenant_id.lower()
 
 
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 class KeyFolder:
     """The PEM files of a local key folder."""
 
@@ -62,10 +94,7 @@ class KeyFolder:
 
     def load(self, path: Path) -> rsa.RSAPrivateKey:
         """Load one PEM private key (unencrypted)."""
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise VivaRelayError(f"{path} is not an RSA private key")
-        return key
+        return load_private_pem(path.read_bytes(), None, source=str(path))
 
     def versions(self, tenant_id: str) -> dict[str, Path]:
         """Every key of the tenant by version, the current one first."""
@@ -82,25 +111,157 @@ class KeyFolder:
         """Tenant ids that have a current key."""
         return sorted(p.stem for p in self.path.glob("*.pem") if GUID_RE.match(p.stem))
 
-    def create(self, tenant_id: str, *, rotate: bool = False) -> tuple[str, Path]:
+    def create(
+        self, tenant_id: str, *, rotate: bool = False, expires_in_days: int = DEFAULT_EXPIRY_DAYS
+    ) -> tuple[str, Path]:
         """Create an RSA-2048 key for the tenant; with ``rotate`` keep the old one as a version."""
-        current = self.current_path(tenant_id)
-        self.path.mkdir(parents=True, exist_ok=True)
-        if current.exists():
-            if not rotate:
-                raise VivaRelayError(
-                    f"tenant {tenant_id} already has a key ({current}); use --rotate for a new version"
-                )
-            old_version = key_version(self.load(current).public_key())
-            current.rename(self.path / f"{current.stem}.{old_version}.pem")
+        created = self.create_key(tenant_id, expires_in_days=expires_in_days, rotate=rotate)
+        return created.version, Path(created.where)
+
+    def create_key(
+        self, tenant_id: str, *, expires_in_days: int = DEFAULT_EXPIRY_DAYS, rotate: bool = False
+    ) -> CreatedKey:
+        """Create an RSA-2048 key valid for ``expires_in_days``; a second one only with ``rotate``."""
+        tenant = _check_tenant(tenant_id)
+        expires_on = expiry_after(expires_in_days)
+        self._refuse_second_key(tenant, rotate)
         key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE)
+        return self._install(tenant, key, expires_on, origin="created")
+
+    def import_pem(
+        self,
+        tenant_id: str,
+        pem: bytes,
+        password: bytes | None = None,
+        *,
+        expires_in_days: int = DEFAULT_EXPIRY_DAYS,
+        rotate: bool = False,
+    ) -> CreatedKey:
+        """Import an externally generated RSA-2048 private key (PEM) as the tenant's key.
+
+        Refused when it is not RSA-2048 or when any key in the folder (any tenant, any version)
+        already has its modulus. Stored unencrypted with mode 0600, like keys made by ``create``.
+        """
+        tenant = _check_tenant(tenant_id)
+        expires_on = expiry_after(expires_in_days)
+        key = load_private_pem(pem, password)
+        require_key_size(key)
+        self._refuse_second_key(tenant, rotate)
+        refuse_reuse(key, tenant, self.inventory(), self.describe())
+        return self._install(tenant, key, expires_on, origin="imported")
+
+    def _refuse_second_key(self, tenant: str, rotate: bool) -> None:
+        current = self.path / f"{tenant}.pem"
+        if current.exists() and not rotate:
+            raise VivaRelayError(f"tenant {tenant} already has a key ({current}); use --rotate for a new version")
+
+    def _install(self, tenant: str, key: rsa.RSAPrivateKey, expires_on: datetime, *, origin: str) -> CreatedKey:
+        """Write ``key`` as the tenant's current key; the previous current key becomes a version."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        current = self.path / f"{tenant}.pem"
+        version = key_version(key.public_key())
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        fd = os.open(current, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        return key_version(key.public_key()), current
+        # Written beside the target first, so a failure never leaves the tenant without a key.
+        staging = self.path / f".{tenant}.{version}.pem.new"
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pem)
+            self._write_dates(tenant, version, expires_on, origin)
+            if current.exists():
+                old_version = key_version(self.load(current).public_key())
+                current.rename(self.path / f"{tenant}.{old_version}.pem")
+            os.replace(staging, current)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+        return CreatedKey(tenant=tenant, version=version, expires_on=expires_on, where=str(current))
+
+    def _dates_path(self, tenant: str, version: str) -> Path:
+        return self.path / f"{tenant}.{version}.json"
+
+    def _write_dates(self, tenant: str, version: str, expires_on: datetime, origin: str) -> None:
+        doc = {
+            "tenant": tenant,
+            "version": version,
+            "created_on": datetime.now(UTC).replace(microsecond=0).isoformat(),
+            "expires_on": expires_on.isoformat(),
+            "origin": origin,
+        }
+        self._dates_path(tenant, version).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+    def _read_dates(self, tenant: str, version: str, pem_path: Path) -> tuple[datetime | None, datetime | None]:
+        """(created, expires) of a version; keys made before expiry was recorded have no expiry."""
+        created: datetime | None = datetime.fromtimestamp(pem_path.stat().st_mtime, UTC).replace(microsecond=0)
+        expires: datetime | None = None
+        path = self._dates_path(tenant, version)
+        try:
+            doc: Any = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return created, None
+        if isinstance(doc, dict):
+            created = _parse_time(doc.get("created_on")) or created
+            expires = _parse_time(doc.get("expires_on"))
+        return created, expires
+
+    def all_tenants(self) -> list[str]:
+        """Tenant ids with any key file, current or older version."""
+        found = set(self.tenants())
+        for p in self.path.glob("*.*.pem"):
+            head = p.name.split(".", 1)[0]
+            if GUID_RE.match(head):
+                found.add(head.lower())
+        return sorted(found)
+
+    def inventory(self) -> list[KeyVersionInfo]:
+        """Every version of every tenant's key (public facts only; problems not yet assessed)."""
+        out: list[KeyVersionInfo] = []
+        if not self.path.is_dir():
+            return out
+        for tenant in self.all_tenants():
+            current = self.path / f"{tenant}.pem"
+            paths: list[tuple[Path, bool]] = [(current, True)] if current.is_file() else []
+            paths += [(p, False) for p in sorted(self.path.glob(f"{tenant}.*.pem"))]
+            for path, is_current in paths:
+                version = path.name[len(tenant) + 1 : -len(".pem")]
+                modulus: int | None = None
+                size = 0
+                try:
+                    public = self.load(path).public_key()
+                except (OSError, ValueError, TypeError, VivaRelayError):
+                    public = None
+                if public is not None:
+                    modulus, size = public.public_numbers().n, public.key_size
+                    if is_current:
+                        version = key_version(public)
+                created, expires = self._read_dates(tenant, version, path)
+                out.append(
+                    KeyVersionInfo(
+                        tenant=tenant,
+                        version=version,
+                        current=is_current,
+                        size=size,
+                        modulus=modulus,
+                        created_on=created,
+                        expires_on=expires,
+                    )
+                )
+        return out
+
+    def check(self, soon_days: int = DEFAULT_SOON_DAYS, now: datetime | None = None) -> KeyReport:
+        """Every key in the folder with its problems (see :func:`shared.keycheck.assess`)."""
+        return assess(self.inventory(), store=self.describe(), soon_days=soon_days, now=now)
+
+    def export_public(self, tenant_id: str) -> tuple[str, dict[str, Any]]:
+        """The tenant's current public key as (PEM, JWK); ``kid`` is the version."""
+        public = self.public_key(tenant_id)
+        return public_pem(public), public_jwk(public, key_version(public))
+
+    def describe(self) -> str:
+        """Where the keys are, for messages."""
+        return f"the key folder {self.path}"
 
     def public_key(self, tenant_id: str) -> rsa.RSAPublicKey:
         """The tenant's current public key."""

@@ -6,6 +6,10 @@ States::
        │             │  ▲
        │             ▼  │ (lease expired / released: the next attempt takes over)
        └─────────> failed ──(drops reprocess)──> waiting
+                   failed ──(FAILED_DROP_RETENTION_DAYS > 0; off by default)──> deleted
+
+Cleanup marks a delivered (or failed) row with ``DeletingOwner``/``DeletingUntil`` while it deletes
+the blobs (see ``shared/cleanup.py`` and ``docs/lifecycle.md``).
 
 One row per drop: PartitionKey = tenant id (the one the drop's location names), RowKey = drop id.
 Every transition is a conditional write on the row's ETag, so two workers can never both own a
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +45,10 @@ DELIVERED = "delivered"
 FAILED = "failed"
 DELETED = "deleted"
 STATES = (WAITING, IN_PROGRESS, DELIVERED, FAILED, DELETED)
+#: Not a state: the marker (``DeletingOwner``/``DeletingUntil`` columns) cleanup puts on a delivered
+#: or failed row while it deletes the drop's blobs. Every existing transition already treats
+#: delivered and failed rows as settled, so the marker never has to be understood by ingest.
+DELETING = "deleting"
 
 
 def utcnow() -> datetime:
@@ -305,6 +313,131 @@ class DropLedger(ABC):
                     return None
                 record = fresh
         return None
+
+    # -- deletion and reprocessing (cleanup and the CLI) ----------------------------------------
+
+    def update_if(
+        self,
+        record: DropRecord,
+        allowed: Callable[[DropRecord], bool],
+        changes: dict[str, Any] | Callable[[DropRecord], dict[str, Any]],
+    ) -> DropRecord | None:
+        """Apply ``changes`` while ``allowed(row)`` holds, ETag-guarded; None once it does not.
+
+        On a lost race the row is read again and ``allowed`` re-checked, so a caller never acts
+        on a row another writer changed. ``changes`` may be computed from the current row. A value
+        of None removes the column. The caller's ``record`` is not modified.
+        """
+        current: DropRecord | None = DropRecord(record.tenant, record.drop_id, dict(record.props), record.etag)
+        for _ in range(10):
+            if current is None or not allowed(current):
+                return None
+            delta = changes(current) if callable(changes) else changes
+            props = current.props | delta | {"UpdatedAt": utcnow()}
+            try:
+                return self._replace(DropRecord(current.tenant, current.drop_id, props, current.etag))
+            except ResourceModifiedError:
+                current = self.get(record.tenant, record.drop_id)
+        raise TransientError(f"could not update drop {record.drop_id}: too much contention")
+
+    def claim_deletion(
+        self,
+        record: DropRecord,
+        owner: str,
+        lease_seconds: int,
+        *,
+        states: tuple[str, ...] = (DELIVERED,),
+        now: datetime | None = None,
+    ) -> DropRecord | None:
+        """Put the deletion marker on a row in one of ``states``; None if it moved on or is held.
+
+        A marker whose lease expired (a cleanup that died) is taken over.
+        """
+        now = now or utcnow()
+
+        def free(row: DropRecord) -> bool:
+            holder = str(row.props.get("DeletingOwner") or "")
+            until = _as_utc(row.props.get("DeletingUntil"))
+            return row.state in states and (not holder or holder == owner or until is None or until <= now)
+
+        return self.update_if(
+            record,
+            free,
+            {"DeletingOwner": owner, "DeletingUntil": now + timedelta(seconds=lease_seconds), "DeletingSince": now},
+        )
+
+    def mark_deleted(self, record: DropRecord, owner: str, details: dict[str, Any]) -> DropRecord | None:
+        """The drop's blobs are gone: state deleted with ``details``; None if ``owner`` lost the marker."""
+
+        def changes(row: DropRecord) -> dict[str, Any]:
+            return details | {
+                "State": DELETED,
+                "DeletedAt": row.props.get("DeletedAt") or utcnow(),  # a later orphan removal keeps the first
+                "DeletingOwner": None,
+                "DeletingUntil": None,
+                "DeletingSince": None,
+            }
+
+        return self.update_if(record, lambda row: row.props.get("DeletingOwner") == owner, changes)
+
+    def release_deletion(self, record: DropRecord, owner: str, note: str) -> DropRecord | None:
+        """Give the deletion marker up without deleting (state unchanged), keeping ``note``."""
+        changes = {"DeletingOwner": None, "DeletingUntil": None, "DeletingSince": None, "CleanupNote": note[:4000]}
+        return self.update_if(record, lambda row: row.props.get("DeletingOwner") == owner, changes)
+
+    def reopen_failed(self, record: DropRecord, note: str) -> DropRecord | None:
+        """failed -> waiting for an operator's reprocess; None unless failed and not being deleted.
+
+        The old reason, code and attempt count are kept in Previous* columns; the attempt count
+        starts again so the retry budget applies to the new run.
+        """
+
+        def reopenable(row: DropRecord) -> bool:
+            return row.state == FAILED and not row.props.get("DeletingOwner")
+
+        def changes(row: DropRecord) -> dict[str, Any]:
+            return {
+                "State": WAITING,
+                "PreviousReason": row.props.get("Reason", ""),
+                "PreviousReasonCode": row.props.get("ReasonCode", ""),
+                "PreviousAttempts": int(row.props.get("Attempts", 0)),
+                "Attempts": 0,
+                "Reason": note[:4000],
+                "ReasonCode": "",
+                "ReprocessedAt": utcnow(),
+            }
+
+        return self.update_if(record, reopenable, changes)
+
+    def record_orphan_deletion(
+        self,
+        location: DropLocation,
+        tenant: str,
+        owner: str,
+        lease_seconds: int,
+        details: dict[str, Any],
+    ) -> DropRecord | None:
+        """Insert a row for a drop the ledger never knew, as deleted and marked by ``owner``.
+
+        Inserting first is what makes the deletion safe: an ingest that creates the row at the
+        same moment makes this return None (and nothing is deleted), and one that comes later
+        finds the drop deleted.
+        """
+        now = utcnow()
+        props = (
+            self._base(location, tenant, now)
+            | details
+            | {
+                "State": DELETED,
+                "DeletingOwner": owner,
+                "DeletingUntil": now + timedelta(seconds=lease_seconds),
+                "DeletingSince": now,
+            }
+        )
+        try:
+            return self._insert(DropRecord(tenant, location.drop_id, props))
+        except ResourceExistsError:
+            return None
 
 
 class TableDropLedger(DropLedger):

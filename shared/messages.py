@@ -19,6 +19,7 @@ from typing import Any
 
 from isal import isal_zlib
 
+from .bytepath import keep_heap_warm
 from .errors import RowTooLarge
 
 #: Azure Storage queue messages are limited to 64 KiB as stored (after any Base64).
@@ -26,6 +27,7 @@ QUEUE_MESSAGE_LIMIT = 64 * 1024
 CONTRACT_VERSION = 1
 _GZIP_WBITS = 31
 _GZIP_LEVEL = 1
+_plus_one = (1).__add__  # a row's length plus its separator, without a Python-level call per row
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class MessagePacker:
     def __init__(self, envelope: Envelope, encoding: str = "gzip-base64", limit: int = QUEUE_MESSAGE_LIMIT):
         if encoding not in ("json", "base64", "gzip-base64"):
             raise ValueError(f"unknown message encoding {encoding!r}")
+        keep_heap_warm()  # compressing a message allocates several blocks of 100 KiB and more
         self.envelope = envelope
         self.encoding = encoding
         self.limit = limit
@@ -115,7 +118,7 @@ class MessagePacker:
     def _fit_raw(self) -> int:
         """How many pending rows fit a json/base64 message (greedy, by cumulative length)."""
         budget = self._body_limit - len(self._header(self.seq, self.rows, len(self._pending))) - 2
-        cumulative = list(accumulate(len(r) + 1 for r in self._pending))
+        cumulative = list(accumulate(map(_plus_one, map(len, self._pending))))
         n = bisect_right(cumulative, budget + 1)  # the last row has no comma
         if n == 0:
             raise RowTooLarge(
@@ -130,7 +133,7 @@ class MessagePacker:
             payload = encode_body(self._body(n), self.encoding)
         else:
             limit = self.limit
-            cumulative = list(accumulate(len(r) + 1 for r in self._pending))
+            cumulative = list(accumulate(map(_plus_one, map(len, self._pending))))
             n = max(1, min(len(self._pending), bisect_right(cumulative, self._raw_target())))
             while True:
                 body = self._body(n)

@@ -7,9 +7,12 @@ Triggers call :func:`get_runtime` (one per process); tests and the CLI build the
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+from collections.abc import Mapping
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ResourceExistsError
@@ -19,9 +22,62 @@ from azure.storage.queue import QueueClient
 
 from . import storage
 from .config import LANDING_CONNECTION, RELAY_CONNECTION, Settings
+from .errors import ConfigError
 from .keyfolder import KeyFolderUnwrapper
 from .keys import KeyUnwrapper
 from .ledger import TableDropLedger
+
+if TYPE_CHECKING:
+    from azure.mgmt.datafactory import DataFactoryManagementClient
+
+
+#: Test-only setting: when set, :func:`default_credential` hands out this fixed bearer token instead of
+#: signing in, so the CLI can reach the local HTTPS stand-ins in devtools/ from a subprocess.
+TEST_TOKEN_SETTING = "VIVA_RELAY_TEST_TOKEN"  # noqa: S105 - the setting's name, not a token
+
+
+def default_credential(env: Mapping[str, str] | None = None, target: str | None = None) -> TokenCredential:
+    """``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop).
+
+    Only when ``VIVA_RELAY_TEST_TOKEN`` is set (tests against the local stand-ins) is it a static
+    test token instead, and then ``target`` (the URL it is for, when known) must be a loopback
+    address, so the test hook can never stand in for a real sign-in. No other code chooses a
+    credential.
+    """
+    token = (os.environ if env is None else env).get(TEST_TOKEN_SETTING, "").strip()
+    if token:
+        host = urlsplit(target).hostname if target else None
+        if target is not None and host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(
+                f"{TEST_TOKEN_SETTING} is for local stand-ins only, not for {target}: unset it to sign in to Azure"
+            )
+        from devtools.tls import StaticTokenCredential
+
+        return StaticTokenCredential(token)
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+#: Azure Resource Manager (public cloud); DATA_FACTORY_BASE_URL replaces it for local stand-ins.
+ARM_ENDPOINT = "https://management.azure.com"
+
+
+def check_test_token(env: Mapping[str, str], target: str) -> None:
+    """ConfigError when the test token is set and ``target`` is not a loopback stand-in."""
+    if env.get(TEST_TOKEN_SETTING, "").strip():
+        default_credential(env, target)
+
+
+def keyvault_client_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Extra Key Vault client options: none in production.
+
+    With the test token (local stand-in on 127.0.0.1) the SDK's check that the 401 challenge names
+    the vault's own domain is turned off; the CA bundle comes from ``REQUESTS_CA_BUNDLE``.
+    """
+    if (os.environ if env is None else env).get(TEST_TOKEN_SETTING, "").strip():
+        return {"verify_challenge_resource": False}
+    return {}
 
 
 class Runtime:
@@ -42,16 +98,16 @@ class Runtime:
         self.datafactory_kwargs = datafactory_kwargs or {}
         self.storage_kwargs = storage_kwargs or {}
         self._lock = threading.Lock()
-        self._queue_ready = False
+        #: First backoff of the in-process retry of a drop (seconds); tests shorten it.
+        self.retry_delay_seconds = 1.0
+        self._datafactory: dict[str, DataFactoryManagementClient] = {}
 
     @property
     def credential(self) -> TokenCredential:
         """DefaultAzureCredential (managed identity in Azure), created on first use."""
         with self._lock:
             if self._credential is None:
-                from azure.identity import DefaultAzureCredential
-
-                self._credential = DefaultAzureCredential()
+                self._credential = default_credential(self.settings.env)
             return self._credential
 
     def _maybe_credential(self, name: str, service: storage.Service) -> TokenCredential | None:
@@ -115,7 +171,31 @@ class Runtime:
             return KeyFolderUnwrapper(s.key_folder, s.unwrap_algorithms)
         from .keyvault import KeyVaultUnwrapper
 
-        return KeyVaultUnwrapper(s.key_vault_url, self.credential, s.unwrap_algorithms, **self.keyvault_kwargs)
+        options = keyvault_client_options(s.env) | self.keyvault_kwargs
+        return KeyVaultUnwrapper(s.key_vault_url, self.credential, s.unwrap_algorithms, **options)
+
+    def datafactory(self, subscription_id: str) -> DataFactoryManagementClient:
+        """A Data Factory (ARM) client for ``subscription_id``, built once per subscription.
+
+        ``DATA_FACTORY_BASE_URL`` replaces the Resource Manager endpoint (local stand-ins only);
+        ``datafactory_kwargs`` are extra client options (tests: ``connection_verify``, retries).
+        """
+        from azure.mgmt.datafactory import DataFactoryManagementClient
+
+        if self._credential is None:
+            check_test_token(self.settings.env, self.settings.data_factory_base_url or ARM_ENDPOINT)
+        credential = self.credential  # outside the lock: the property takes it too
+        with self._lock:
+            client = self._datafactory.get(subscription_id)
+            if client is None:
+                client = DataFactoryManagementClient(
+                    credential,
+                    subscription_id,
+                    base_url=self.settings.data_factory_base_url or None,
+                    **self.datafactory_kwargs,
+                )
+                self._datafactory[subscription_id] = client
+            return client
 
 
 _runtime: Runtime | None = None

@@ -20,7 +20,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -422,7 +422,6 @@ __all__ = [
     "build_metadata",
     "generate_rows",
     "parse_size",
-    "replace",
     "sample_layout_root",
     "simulate_drop",
 ]

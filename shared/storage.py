@@ -34,11 +34,9 @@ def connection_string(env: Mapping[str, str], name: str) -> str | None:
         return None
     if value.lower().startswith("usedevelopmentstorage=true"):
         return _DEV
-    if "=" in value and ";" in value:
-        return value
-    if "=" in value:
-        return value
-    raise ConfigError(f"setting {name} is not a storage connection string")
+    if "=" not in value:
+        raise ConfigError(f"setting {name} is not a storage connection string")
+    return value
 
 
 def service_uri(env: Mapping[str, str], name: str, service: Service) -> str | None:

@@ -19,6 +19,17 @@ from shared.messages import decode_message
 from shared.runtime import Runtime
 from shared.simulate import BlobWriter, DropVariant, SimulatedDrop, sample_layout_root, simulate_drop
 
+#: Lines the fault-injection tests report (rows expected, after de-duplication, duplicates, lost).
+FAULT_REPORTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Show the fault-injection counts at the end of every run, not only with -s."""
+    if FAULT_REPORTS:
+        terminalreporter.section("fault injection")
+        for line in FAULT_REPORTS:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
@@ -66,6 +77,7 @@ class Relay:
         variant: DropVariant | None = None,
         root: str | None = None,
         public_tenant: str | None = None,
+        version: str | None = None,
         **kw: Any,
     ) -> tuple[SimulatedDrop, str]:
         """Simulate a drop into the landing container (sample layout); returns (drop, metadata path)."""
@@ -77,7 +89,7 @@ class Relay:
             BlobWriter(self.landing, drop_root),
             tenant_id=tenant,
             public_key=public,
-            key_version=key_version(public),
+            key_version=version if version is not None else key_version(public),
             rows=rows,
             variant=variant,
             **kw,
@@ -104,6 +116,8 @@ def make_relay(azurite: Azurite, tmp: Path, **overrides: str) -> Relay:
         "KEY_SOURCE": "folder",
         "KEY_FOLDER": str(tmp / "keys"),
         "DOWNSTREAM_MESSAGE_ENCODING": "gzip-base64",
+        # Ingest tests look at a drop after delivery; cleanup tests turn the immediate deletion on.
+        "DELETE_AFTER_DELIVERY": "false",
     } | overrides
     rt = Runtime(Settings.from_env(env))
     landing = rt.landing_container()

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+from azure.storage.blob import BlobServiceClient
+
+from shared import storage
 from shared.config import LANDING_CONNECTION
-from shared.errors import MetadataError, MetadataNotReady, VivaRelayError
+from shared.errors import ConfigError, MetadataError, MetadataNotReady, VivaRelayError
 from shared.ingest import check_tenant, stream_drop
-from shared.keyfolder import KeyFolder, KeyFolderUnwrapper, key_version
+from shared.keyfolder import KeyFolder, key_version
 from shared.keys import KeyUnwrapper
+from shared.location import METADATA_SUFFIX, DropLocation, is_metadata_blob
 from shared.metadata import GUID_RE, parse_metadata
+from shared.runtime import default_credential
 from shared.simulate import (
     BlobWriter,
     DropVariant,
@@ -24,9 +31,10 @@ from shared.simulate import (
     simulate_drop,
 )
 from shared.sinks import StreamSink
-from shared.sources import FolderDropSource
+from shared.sources import BlobDropSource, DropSource, FolderDropSource
 
 from . import common
+from .keysource import add_key_source_options, key_source
 
 
 def _tenant(text: str) -> str:
@@ -56,15 +64,23 @@ def register(sub: Any) -> None:
     where.add_argument("--container", help="write into this landing container (connection LandingStorage)")
     sim.add_argument("--key-folder", type=Path, help="local key folder holding <tenant>.pem (default: KEY_FOLDER)")
     sim.add_argument("--vault-url", help="take the tenant's public key from this Key Vault instead")
-    sim.add_argument("--shape", choices=("display", "underscore"), default="display",
-                     help="row shape: Microsoft's display names with numbers as strings (default) or underscores")
+    sim.add_argument(
+        "--shape",
+        choices=("display", "underscore"),
+        default="display",
+        help="row shape: Microsoft's display names with numbers as strings (default) or underscores",
+    )
     sim.add_argument("--run-id", help="pipeline run id for the folder layout (default: random)")
     sim.add_argument("--table-name", default="VivaInsightsDataset_PersonReport_v1")
     sim.add_argument("--parts", type=int, default=1, help="number of encrypted part files (needs --rows)")
     sim.add_argument("--members", type=int, default=1, help="gzip members per part file")
     sim.add_argument("--rsa-padding", choices=("RSA-OAEP-256", "RSA-OAEP", "RSA1_5"), default="RSA-OAEP-256")
-    sim.add_argument("--key-text", choices=("raw", "base64", "hex"), default="raw",
-                     help="how the AES key is encoded before RSA wrapping")
+    sim.add_argument(
+        "--key-text",
+        choices=("raw", "base64", "hex"),
+        default="raw",
+        help="how the AES key is encoded before RSA wrapping",
+    )
     sim.add_argument("--iv-text", choices=("raw", "base64", "hex"), default="raw")
     sim.add_argument("--details-as-string", action="store_true", help="DecryptionKeyDetails as a JSON string")
     sim.add_argument("--field-case", choices=("documented", "lower", "upper"), default="documented")
@@ -78,18 +94,24 @@ def register(sub: Any) -> None:
 
     dec = cmds.add_parser(
         "decrypt",
-        help="decrypt a drop and stream its rows to stdout as JSON lines",
-        description="Decrypt a drop laid out as in storage (PATH/metadata/JobMetadata/Metadata.json plus its data "
-        "files) and write every row to stdout, one JSON object per line. Runs the same validation and "
-        "decryption as the ingest function; plaintext never touches disk. Exit 0 for a good drop; otherwise a "
-        "one-line reason on stderr and exit 1.",
+        help="decrypt a drop (local folder or blob storage) and stream its rows to stdout as JSON lines",
+        description="Decrypt a drop and write every row to stdout, one JSON object per line. PATH is the drop's "
+        "root (the folder that holds metadata/JobMetadata/Metadata.json) as a local folder, as a blob URL "
+        "(https://<account>.blob.core.windows.net/<container>/<drop root>; the LandingStorage connection is used "
+        "for its account, otherwise your Azure sign-in or a SAS in the URL), or as <container>/<drop root> in "
+        "the LandingStorage account. The file key is unwrapped in Key Vault (--vault-url, or KEY_VAULT_URL) or "
+        "with a local key folder (--key-folder). Runs the same validation and decryption as the ingest "
+        "function, including the tenant check for drops in storage; plaintext never touches disk. Exit 0 for a "
+        "good drop; otherwise a one-line reason on stderr and exit 1 (3: configuration, 4: Azure unreachable).",
     )
-    dec.add_argument("path", type=Path, help="the drop's root folder")
-    dec.add_argument("--key-folder", type=Path, help="local key folder with <tenant id>.pem (default: KEY_FOLDER)")
-    dec.add_argument("--algorithms", default="RSA-OAEP-256,RSA-OAEP",
-                     help="RSA paddings to try, in order (add RSA1_5 only if you must)")
+    dec.add_argument("path", metavar="PATH", help="the drop's root: a local folder, a blob URL, or container/path")
+    dec.add_argument(
+        "--algorithms",
+        default="RSA-OAEP-256,RSA-OAEP",
+        help="RSA paddings to try, in order (add RSA1_5 only if you must)",
+    )
     dec.add_argument("--progress", action="store_true", help="show a progress line on stderr")
-    common.add_settings_option(dec)
+    add_key_source_options(dec)
     dec.set_defaults(handler=decrypt_command)
 
 
@@ -104,10 +126,18 @@ def simulate_command(args: argparse.Namespace) -> int:
     if args.parts > 1 and args.size:
         return common.fail("--parts needs --rows (a size cannot be split evenly in advance)", common.EXIT_USAGE)
     variant = DropVariant(
-        shape=args.shape, rsa_padding=args.rsa_padding, key_text=args.key_text, iv_text=args.iv_text,
-        details_as_string=args.details_as_string, field_case=args.field_case,
-        counts_as_strings=args.counts_as_strings, parts=args.parts, members=args.members, crlf=args.crlf,
-        bom=args.bom, final_newline=not args.no_final_newline,
+        shape=args.shape,
+        rsa_padding=args.rsa_padding,
+        key_text=args.key_text,
+        iv_text=args.iv_text,
+        details_as_string=args.details_as_string,
+        field_case=args.field_case,
+        counts_as_strings=args.counts_as_strings,
+        parts=args.parts,
+        members=args.members,
+        crlf=args.crlf,
+        bom=args.bom,
+        final_newline=not args.no_final_newline,
     )
     if args.vault_url:
         from shared.keyvault_admin import public_key_from_vault
@@ -136,21 +166,110 @@ def simulate_command(args: argparse.Namespace) -> int:
         where = f"{args.container}/{root}"
     rows = None if args.size else (args.rows if args.rows is not None else 1000)
     result = simulate_drop(
-        writer, tenant_id=args.tenant, public_key=public, key_version=version, rows=rows,
-        size=parse_size(args.size) if args.size else None, variant=variant, table_name=args.table_name,
+        writer,
+        tenant_id=args.tenant,
+        public_key=public,
+        key_version=version,
+        rows=rows,
+        size=parse_size(args.size) if args.size else None,
+        variant=variant,
+        table_name=args.table_name,
         errors=[args.errors] if args.errors else None,
     )
-    print(json.dumps({
-        "tenant": args.tenant, "where": where, "metadata": result.metadata_path, "run_id": run_id or None,
-        "rows": result.rows, "data_files": result.data_files, "plaintext_bytes": result.plaintext_bytes,
-        "ciphertext_bytes": result.ciphertext_bytes, "key_version": version,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "tenant": args.tenant,
+                "where": where,
+                "metadata": result.metadata_path,
+                "run_id": run_id or None,
+                "rows": result.rows,
+                "data_files": result.data_files,
+                "plaintext_bytes": result.plaintext_bytes,
+                "ciphertext_bytes": result.ciphertext_bytes,
+                "key_version": version,
+            },
+            indent=2,
+        )
+    )
     return common.EXIT_OK
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _drop_root(blob_path: str) -> str:
+    """The drop root a path names: the root itself, or its Metadata.json."""
+    path = blob_path.strip("/")
+    if is_metadata_blob(path):
+        return path[: len(path) - len(METADATA_SUFFIX)].rstrip("/")
+    return path
+
+
+def _landing_service(env: dict[str, str]) -> BlobServiceClient:
+    if storage.connection_string(env, LANDING_CONNECTION):
+        return storage.blob_service(env, LANDING_CONNECTION, None)
+    uri = storage.service_uri(env, LANDING_CONNECTION, "blob")
+    return storage.blob_service(env, LANDING_CONNECTION, default_credential(env, target=uri or ""))
+
+
+def _blob_source(text: str, env: dict[str, str]) -> BlobDropSource:
+    """A drop in blob storage, from a blob URL or from container/path in the LandingStorage account."""
+    if "://" in text:
+        parts = urlsplit(text)
+        if parts.scheme not in ("https", "http"):
+            raise ConfigError(f"{text} is not an http(s) blob URL")
+        segments = [unquote(s) for s in parts.path.split("/") if s]
+        account_path = ""
+        if _is_ip(parts.hostname or "") or parts.hostname == "localhost":
+            # Azurite and other emulators put the account in the path: http://127.0.0.1:10000/<account>/...
+            account_path, segments = "/" + (segments[0] if segments else ""), segments[1:]
+        account_url = f"{parts.scheme}://{parts.netloc}{account_path}"
+        if not segments:
+            raise ConfigError(f"{text} names no container")
+        container, blob_path = segments[0], "/".join(segments[1:])
+        service: BlobServiceClient | None = None
+        if storage.is_configured(env, LANDING_CONNECTION, "blob"):
+            landing = _landing_service(env)
+            if landing.url.rstrip("/").lower() == account_url.rstrip("/").lower():
+                service = landing
+        if service is None:
+            # A SAS in the URL, else the operator's sign-in.
+            credential: Any = parts.query or default_credential(env, target=account_url)
+            service = BlobServiceClient(account_url, credential=credential)
+    else:
+        if not storage.is_configured(env, LANDING_CONNECTION, "blob"):
+            raise ConfigError(
+                f"{text} is not a local folder; to read a drop in blob storage give its https:// URL, or"
+                f" <container>/<drop root> with the {LANDING_CONNECTION} connection configured"
+            )
+        container, _, blob_path = text.strip("/").partition("/")
+        service = _landing_service(env)
+    location = DropLocation(
+        account=str(service.account_name or "landing"), container=container, drop_root=_drop_root(blob_path)
+    )
+    return BlobDropSource(service.get_container_client(container), location)
+
+
+def _drop_source(text: str, env: dict[str, str]) -> tuple[DropSource, bool]:
+    """The drop PATH names and whether the tenant check is required (always for drops in storage)."""
+    local = Path(text)
+    if "://" not in text and local.exists():
+        if local.is_file() and is_metadata_blob(local.resolve().as_posix()):
+            local = local.resolve().parents[2]
+        return FolderDropSource(local), False
+    return _blob_source(text, env), True
+
+
 def decrypt_command(args: argparse.Namespace) -> int:
-    """Stream a local drop's rows to stdout."""
-    source = FolderDropSource(args.path)
+    """Stream a drop's rows to stdout."""
+    env = common.load_env(args)
+    source, tenant_required = _drop_source(args.path, env)
     raw = source.read_metadata()
     if not raw:
         return common.fail(f"{args.path} has no metadata/JobMetadata/Metadata.json")
@@ -159,11 +278,12 @@ def decrypt_command(args: argparse.Namespace) -> int:
     except MetadataNotReady as exc:
         raise MetadataError(str(exc)) from None
     if metadata.has_errors:
-        return common.fail("extraction_errors: the extraction reported errors, there is no data: "
-                           + " | ".join(metadata.errors))
-    check_tenant(source.location, metadata, required=False)
+        return common.fail(
+            "extraction_errors: the extraction reported errors, there is no data: " + " | ".join(metadata.errors)
+        )
+    check_tenant(source.location, metadata, required=tenant_required)
     algorithms = tuple(a.strip().upper() for a in args.algorithms.split(",") if a.strip())
-    unwrapper: KeyUnwrapper = KeyFolderUnwrapper(_key_folder(args), algorithms)
+    unwrapper: KeyUnwrapper = key_source(args).unwrapper(algorithms)
     progress = common.Progress("decrypt", metadata.rows_expected, force=args.progress)
     sink = StreamSink(sys.stdout.buffer)
     try:
@@ -173,6 +293,9 @@ def decrypt_command(args: argparse.Namespace) -> int:
         raise
     finally:
         progress.close()
-    print(f"viva-relay: {stats.rows} rows, {stats.data_files} data file(s), key unwrapped with {stats.algorithm}",
-          file=sys.stderr)
+    print(
+        f"viva-relay: {stats.rows} rows, {stats.data_files} data file(s), key unwrapped with {stats.algorithm}"
+        + (f" (key version {stats.key_version})" if stats.key_version else ""),
+        file=sys.stderr,
+    )
     return common.EXIT_OK

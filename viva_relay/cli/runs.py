@@ -1,13 +1,176 @@
-"""`viva-relay runs ...` (commands are added by the issue that owns this group)."""
+"""``viva-relay runs ...``: start pipeline runs by hand (the docs' "Debug" button), list, show, follow.
+
+Test and development only: with ``VIVA_RELAY_TEST_TOKEN`` set, the Data Factory client uses that
+fixed bearer token instead of ``DefaultAzureCredential`` (``shared.runtime.default_credential``),
+and only when ``DATA_FACTORY_BASE_URL`` points at a loopback stand-in (``https://127.0.0.1:<port>``).
+The stand-in's self-signed certificate is trusted through ``REQUESTS_CA_BUNDLE``, the standard
+variable of the HTTP transport the Azure SDK uses.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from datetime import date
 from typing import Any
+
+from shared.errors import VivaRelayError
+from shared.runs import drops_of_run, follow_runs, run_ledger, start_runs
+from shared.runtime import ARM_ENDPOINT, Runtime, check_test_token
+
+from . import common
+from .drop import _tenant
+
+#: Follow events that need an operator's attention (exit code 1 for monitoring).
+_BAD_EVENTS = frozenset({"failed", "lost", "no_drop_alert", "error"})
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def register(sub: Any) -> None:
-    """Add the `runs` command group."""
-    parser: argparse.ArgumentParser = sub.add_parser("runs", help="runs commands")
-    parser.set_defaults(handler=lambda _args: parser.print_help() or 0)
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    """Add the ``runs`` command group."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "runs",
+        help="start, list, show and follow Data Factory pipeline runs",
+        description="Pipeline runs of the onboarded tenants (the run ledger, Azure Table RUN_TABLE).",
+    )
+    cmds = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    start = cmds.add_parser(
+        "start",
+        help="start a pipeline run now for one tenant or every enabled tenant",
+        description="Start runs now, exactly as the weekly schedule does (a tenant whose run is still going is "
+        "skipped). --start-date/--end-date replace the default window (the 14 days up to today) for a backfill.",
+    )
+    start.add_argument("--tenant", type=_tenant, help="only this tenant (default: every enabled tenant)")
+    start.add_argument("--start-date", type=_date, help="RequestStartDate (YYYY-MM-DD)")
+    start.add_argument("--end-date", type=_date, help="RequestEndDate (YYYY-MM-DD)")
+    start.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    common.add_settings_option(start)
+    start.set_defaults(handler=start_command)
+
+    lst = cmds.add_parser("list", help="list recorded runs, newest first")
+    lst.add_argument("--tenant", type=_tenant, help="only this tenant's runs")
+    lst.add_argument("--status", help="only runs with this status (e.g. Failed, InProgress, StartFailed)")
+    lst.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50; 0: all)")
+    lst.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    common.add_settings_option(lst)
+    lst.set_defaults(handler=list_command)
+
+    show = cmds.add_parser("show", help="one run as JSON, with the drops it produced")
+    show.add_argument("run_id", metavar="RUN_ID")
+    common.add_settings_option(show)
+    show.set_defaults(handler=show_command)
+
+    follow = cmds.add_parser(
+        "follow",
+        help="poll every unfinished run once (what the follow timer does)",
+        description="Exit code 1 when a run failed, was lost, or succeeded without a drop in time.",
+    )
+    follow.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    common.add_settings_option(follow)
+    follow.set_defaults(handler=follow_command)
+
+
+def runtime_for_runs(args: argparse.Namespace) -> Runtime:
+    """The Runtime; a test token aimed at anything but a loopback stand-in fails the command at once (exit 3)."""
+    rt = common.runtime_from(args)
+    check_test_token(rt.settings.env, rt.settings.data_factory_base_url or ARM_ENDPOINT)
+    return rt
+
+
+def _short(text: str, width: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def start_command(args: argparse.Namespace) -> int:
+    """Start runs now."""
+    outcomes = start_runs(
+        runtime_for_runs(args),
+        tenant=args.tenant,
+        trigger="manual",
+        start_date=args.start_date,
+        end_date=args.end_date,
+    )
+    if args.json:
+        for o in outcomes:
+            sys.stdout.write(json.dumps(o.as_dict()) + "\n")
+    else:
+        rows = [
+            {
+                "tenant": o.tenant_id,
+                "name": o.display_name,
+                "result": o.status,
+                "run_id": o.run_id,
+                "message": _short(o.message),
+            }
+            for o in outcomes
+        ]
+        common.print_table(rows, ["tenant", "name", "result", "run_id", "message"])
+    return common.EXIT_PROBLEM if any(o.status == "failed" for o in outcomes) else common.EXIT_OK
+
+
+def list_command(args: argparse.Namespace) -> int:
+    """List runs."""
+    records = run_ledger(common.runtime_from(args)).list_runs(args.tenant, args.status)
+    if args.limit > 0:
+        records = records[: args.limit]
+    if args.json:
+        for r in records:
+            sys.stdout.write(json.dumps(r.as_dict()) + "\n")
+        return common.EXIT_OK
+    rows = []
+    for r in records:
+        d = r.as_dict()
+        rows.append(
+            {
+                "tenant": r.tenant_id,
+                "run_id": r.run_id,
+                "status": r.status,
+                "started": (d["started_at"] or "")[:19],
+                "ended": (d["run_end"] or "")[:19],
+                "drop": d["drop_state"] or ("NO DROP" if d["no_drop_alert"] else ""),
+                "message": _short(r.message, 60),
+            }
+        )
+    common.print_table(rows, ["tenant", "run_id", "status", "started", "ended", "drop", "message"])
+    return common.EXIT_OK
+
+
+def show_command(args: argparse.Namespace) -> int:
+    """Show one run and its drops."""
+    rt = common.runtime_from(args)
+    record = run_ledger(rt).find(args.run_id)
+    if record is None:
+        raise VivaRelayError(f"no run {args.run_id} in the run ledger (runs list)")
+    body = record.as_dict() | {"drops": drops_of_run(rt, record.run_id)}
+    print(json.dumps(body, indent=2))
+    return common.EXIT_OK
+
+
+def follow_command(args: argparse.Namespace) -> int:
+    """Poll unfinished runs once."""
+    outcomes = follow_runs(runtime_for_runs(args))
+    if args.json:
+        for o in outcomes:
+            sys.stdout.write(json.dumps(o.as_dict()) + "\n")
+    else:
+        rows = [
+            {
+                "tenant": o.tenant_id,
+                "run_id": o.run_id,
+                "status": o.status,
+                "event": o.event,
+                "message": _short(o.message),
+            }
+            for o in outcomes
+        ]
+        common.print_table(rows, ["tenant", "run_id", "status", "event", "message"])
+    return common.EXIT_PROBLEM if any(o.event in _BAD_EVENTS for o in outcomes) else common.EXIT_OK

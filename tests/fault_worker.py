@@ -1,0 +1,34 @@
+"""A real ingest worker process for the fault-injection tests.
+
+Runs ``ingest_metadata_blob`` with the settings in its environment, printing ``PUT <seq>`` just
+before each queue put so the test can SIGKILL it at a chosen point. The puts themselves are real.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from shared.config import Settings
+from shared.ingest import ingest_metadata_blob
+from shared.messages import Message
+from shared.runtime import Runtime
+from shared.sinks import QueueSink
+
+_send = QueueSink._send
+
+
+def _traced_send(self: QueueSink, message: Message) -> None:
+    print(f"PUT {message.seq}", flush=True)
+    _send(self, message)
+
+
+def main() -> int:
+    QueueSink._send = _traced_send  # type: ignore[method-assign]
+    container, blob = sys.argv[1], sys.argv[2]
+    outcome = ingest_metadata_blob(Runtime(Settings.from_env()), container, blob)
+    print(f"OUTCOME {outcome.status} {outcome.reason}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""Fault injection: a drop interrupted anywhere is delivered completely, and once after de-duplication.
+
+Each test reports `rows expected=… after_dedup=… raw_duplicates=… lost=…` in the run's summary.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.azurite import Azurite
+from devtools.faultproxy import FaultProxy
+from devtools.keyvault_standin import KeyVaultStandIn
+from shared.config import Settings
+from shared.ingest import ingest_metadata_blob, recheck_drops
+from shared.ledger import utcnow
+from shared.messages import decode_message
+from shared.runtime import Runtime
+from shared.simulate import generate_rows
+from tests.conftest import FAULT_REPORTS, Relay, make_relay
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_RETRY: dict[str, Any] = {
+    "initial_backoff": 0,
+    "increment_base": 0,
+    "random_jitter_range": 0,
+    "retry_backoff_factor": 0.01,
+}
+CHECKPOINT_EVERY = 4
+CONCURRENCY = 4
+#: Messages that may be re-sent after one interruption: not yet checkpointed (up to the checkpoint
+#: interval plus the messages of one decoded piece, at most 4 in json) plus those in flight.
+WINDOW = CHECKPOINT_EVERY + 4 + 2 * CONCURRENCY
+
+
+def raw_messages(relay: Relay) -> list[dict[str, Any]]:
+    out = []
+    while batch := list(relay.rt.queue.receive_messages(max_messages=32, visibility_timeout=300)):
+        for m in batch:
+            out.append(decode_message(m.content))
+            relay.rt.queue.delete_message(m)
+    return out
+
+
+def audit(relay: Relay, expected: list[bytes], *, interruptions: int) -> dict[str, int]:
+    """De-duplicate by (drop, seq), check completeness, and report the counts."""
+    import json
+
+    messages = raw_messages(relay)
+    counts = Counter((m["drop"], m["seq"]) for m in messages)
+    unique = {(m["drop"], m["seq"]): m for m in messages}
+    rows_msgs = sorted((m for m in unique.values() if m["type"] == "rows"), key=lambda m: m["seq"])
+    [complete] = [m for m in unique.values() if m["type"] == "complete"]
+    rows = [json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() for m in rows_msgs for r in m["rows"]]
+    report = {
+        "expected": len(expected),
+        "after_dedup": len(rows),
+        "raw_duplicates": sum(c - 1 for c in counts.values()),
+        "lost": len(expected) - len(set(rows) & set(expected)),
+    }
+    FAULT_REPORTS.append(
+        f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0].split('::')[-1]}:"
+        f" rows expected={report['expected']}"
+        f" after_dedup={report['after_dedup']} raw_duplicates={report['raw_duplicates']}"
+        f" (bound {interruptions * WINDOW}) lost={report['lost']} interruptions={interruptions}"
+    )
+    assert rows == expected
+    assert [m["seq"] for m in rows_msgs] == list(range(complete["messages"]))
+    assert complete["seq"] == complete["messages"] and complete["rows"] == len(expected)
+    assert report["lost"] == 0
+    assert report["raw_duplicates"] <= interruptions * WINDOW
+    return report
+
+
+def fault_relay(azurite: Azurite, tmp: Path, **overrides: str) -> Relay:
+    return make_relay(
+        azurite,
+        tmp,
+        DOWNSTREAM_MESSAGE_ENCODING="json",
+        CHECKPOINT_EVERY_MESSAGES=str(CHECKPOINT_EVERY),
+        DOWNSTREAM_PUT_CONCURRENCY=str(CONCURRENCY),
+        **overrides,
+    )
+
+
+def wait_for_lease_expiry(relay: Relay, tenant: str) -> None:
+    [record] = list(relay.rt.ledger.list(tenant=tenant))
+    until = record.lease_until
+    if until is not None:
+        time.sleep(max(0.0, (until - utcnow()).total_seconds()) + 0.2)
+
+
+def test_sigkill_at_many_points_then_redeliver(azurite: Azurite, tmp_path: Path) -> None:
+    relay = fault_relay(azurite, tmp_path, DROP_LEASE_SECONDS="2")
+    tenant = relay.new_tenant()
+    _, path = relay.drop(tenant, rows=3000)
+    expected = list(generate_rows(3000))
+    env = {**os.environ, **relay.env, "PYTHONPATH": str(ROOT)}
+    kill_after = [1, 9, 23, 40]  # puts seen in each run before SIGKILL
+    for k in kill_after:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fault_worker", relay.landing.container_name, path],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        assert proc.stdout is not None
+        puts = 0
+        for line in proc.stdout:
+            if line.startswith("PUT"):
+                puts += 1
+                if puts >= k:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+            assert not line.startswith("OUTCOME"), f"worker finished before the kill point: {line}"
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        [record] = list(relay.rt.ledger.list(tenant=tenant))
+        assert record.state == "in_progress"
+        wait_for_lease_expiry(relay, tenant)
+    # The event is delivered again (at least once): the next attempt takes over and resumes.
+    outcome = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
+    assert outcome.status == "delivered", outcome.reason
+    [record] = list(relay.rt.ledger.list(tenant=tenant))
+    assert record.props["ResumedFromSeq"] >= 0
+    audit(relay, expected, interruptions=len(kill_after))
+
+
+def test_queue_throttling_503s_are_retried(azurite: Azurite, tmp_path: Path) -> None:
+    with FaultProxy(azurite.queue_port) as proxy:
+        cs = azurite.connection_string.replace(f":{azurite.queue_port}/", f":{proxy.port}/")
+        relay = fault_relay(azurite, tmp_path, RelayStorage=cs)
+        relay.rt = Runtime(relay.rt.settings, storage_kwargs=FAST_RETRY)
+        relay.rt.retry_delay_seconds = 0.01
+        tenant = relay.new_tenant()
+        _, path = relay.drop(tenant, rows=1500)
+        assert relay.rt.queue.get_queue_properties() is not None  # the queue exists before faults start
+        proxy.fail_next(12, 503, method="POST", path_contains="/messages")
+        outcome = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
+        assert outcome.status == "delivered", outcome.reason
+        assert len(proxy.faults()) == 12
+        audit(relay, list(generate_rows(1500)), interruptions=1)
+
+
+def test_blob_download_cut_mid_stream(azurite: Azurite, tmp_path: Path) -> None:
+    with FaultProxy(azurite.blob_port) as proxy:
+        cs = azurite.connection_string.replace(f":{azurite.blob_port}/", f":{proxy.port}/")
+        relay = fault_relay(azurite, tmp_path, LandingStorage=cs)
+        relay.rt = Runtime(relay.rt.settings, storage_kwargs=FAST_RETRY)
+        relay.rt.retry_delay_seconds = 0.01
+        tenant = relay.new_tenant()
+        _, path = relay.drop(tenant, rows=3000)
+        proxy.cut_next(2, after_bytes=300_000, method="GET", path_contains="/data/")
+        outcome = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
+        assert outcome.status == "delivered", outcome.reason
+        assert [f.fault for f in proxy.faults()] == ["cut after 300000 bytes"] * 2
+        audit(relay, list(generate_rows(3000)), interruptions=2)
+
+
+def test_key_vault_outage_then_recovery(azurite: Azurite, tmp_path: Path) -> None:
+    with KeyVaultStandIn() as vault:
+        relay = fault_relay(azurite, tmp_path, KEY_SOURCE="keyvault", KEY_VAULT_URL=vault.url)
+        relay.rt = Runtime(
+            relay.rt.settings, credential=vault.credential, keyvault_kwargs={**vault.client_kwargs(), "retry_total": 0}
+        )
+        relay.rt.retry_delay_seconds = 0.01
+        tenant = relay.new_tenant()
+        version = vault.add_key(tenant, relay.keys.load(relay.keys.current_path(tenant)), exp=2_000_000_000)
+        _, path = relay.drop(tenant, rows=400, version=version)
+        relay.keys.current_path(tenant).unlink()  # the private key now lives only in the vault
+        vault.set_available(False)
+        from shared.errors import TransientError
+
+        with pytest.raises(TransientError, match="Key Vault"):
+            ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
+        [record] = list(relay.rt.ledger.list(tenant=tenant))
+        assert record.state == "in_progress" and not record.lease_active(utcnow())
+        assert "Key Vault" in record.props["LastError"]
+        assert raw_messages(relay) == []
+
+        vault.set_available(True)
+        assert [o.status for o in recheck_drops(relay.rt)] == ["delivered"]
+        audit(relay, list(generate_rows(400)), interruptions=0)
+
+
+def test_duplicate_event_during_processing(azurite: Azurite, tmp_path: Path) -> None:
+    relay = fault_relay(azurite, tmp_path)
+    tenant = relay.new_tenant()
+    _, path = relay.drop(tenant, rows=6000)
+    results: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: results.append(ingest_metadata_blob(relay.rt, relay.landing.container_name, path))
+    )
+    worker.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        records = list(relay.rt.ledger.list(tenant=tenant))
+        if records and records[0].state == "in_progress":
+            break
+        time.sleep(0.01)
+    second = Runtime(Settings.from_env(relay.env))  # another worker, same drop, same moment
+    duplicate = ingest_metadata_blob(second, relay.landing.container_name, path)
+    worker.join(timeout=60)
+    assert duplicate.status == "skipped" and "in progress" in duplicate.reason
+    assert results[0].status == "delivered"
+    report = audit(relay, list(generate_rows(6000)), interruptions=0)
+    assert report["raw_duplicates"] == 0
+
+
+def test_stalled_worker_stops_sending_once_its_lease_lapses(azurite: Azurite, tmp_path: Path) -> None:
+    """Two attempts never both send: a worker that could not renew its lease stops before a takeover."""
+    from shared.ingest import _Checkpointer
+    from shared.ledger import new_owner_id
+
+    relay = fault_relay(azurite, tmp_path, DROP_LEASE_SECONDS="2")
+    tenant = relay.new_tenant()
+    _, path = relay.drop(tenant, rows=50)
+    from shared.location import location_from_blob
+
+    loc = location_from_blob(relay.rt.landing_account, relay.landing.container_name, path)
+    claim = relay.rt.ledger.claim(loc, tenant, new_owner_id(), 2)
+    guard = _Checkpointer(relay.rt, claim.record)
+    guard.guard(None)  # fresh lease: sending allowed
+    time.sleep(1.9)
+    from shared.errors import LeaseLost
+
+    with pytest.raises(LeaseLost):
+        guard.guard(None)

@@ -1,0 +1,95 @@
+"""Where the tenant keys are, for every command that needs them: Key Vault or a local key folder.
+
+``--vault-url URL`` or ``--key-folder DIR`` on the command line; otherwise the settings decide
+(``KEY_SOURCE``, ``KEY_VAULT_URL``, ``KEY_FOLDER``, from the environment or ``--settings``); with
+nothing configured at all, the local folder ``./keys``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import ConfigError
+from shared.keycheck import TenantKeyStore
+from shared.keyfolder import KeyFolder, KeyFolderUnwrapper
+from shared.keys import KeyUnwrapper
+
+from . import common
+
+
+def add_key_source_options(parser: argparse.ArgumentParser) -> None:
+    """``--vault-url`` | ``--key-folder`` (and ``--settings``)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--vault-url",
+        metavar="URL",
+        help="the Key Vault holding the tenant keys, e.g. https://myvault.vault.azure.net"
+        " (default: KEY_VAULT_URL when KEY_SOURCE=keyvault)",
+    )
+    where.add_argument(
+        "--key-folder",
+        metavar="DIR",
+        type=Path,
+        help="a local key folder instead of Key Vault (default: KEY_FOLDER, or ./keys when nothing is configured)",
+    )
+    common.add_settings_option(parser)
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Either a Key Vault URL or a local folder, and the settings to reach it."""
+
+    vault_url: str = ""
+    folder: Path | None = None
+    env: Mapping[str, str] | None = None
+
+    def describe(self) -> str:
+        """For messages."""
+        return f"Key Vault {self.vault_url}" if self.vault_url else f"the key folder {self.folder}"
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[TenantKeyStore]:
+        """The key store (closed afterwards)."""
+        if not self.vault_url:
+            yield KeyFolder(self.folder or Path("keys"))
+            return
+        from shared.keyvault_admin import VaultKeys
+
+        with VaultKeys.from_env(self.vault_url, self.env) as vault:
+            yield vault
+
+    def unwrapper(self, algorithms: tuple[str, ...]) -> KeyUnwrapper:
+        """The unwrapper for ``drop decrypt``: Key Vault's decrypt, or the folder's PEM files."""
+        if not self.vault_url:
+            return KeyFolderUnwrapper(self.folder or Path("keys"), algorithms)
+        from shared.keyvault import KeyVaultUnwrapper
+        from shared.runtime import default_credential, keyvault_client_options
+
+        credential = default_credential(self.env, target=self.vault_url)
+        return KeyVaultUnwrapper(self.vault_url, credential, algorithms, **keyvault_client_options(self.env))
+
+
+def key_source(args: argparse.Namespace) -> KeySource:
+    """The key source the command line or the settings name."""
+    from shared.keyvault_admin import check_vault_url
+
+    env = common.load_env(args)
+    if getattr(args, "vault_url", None):
+        return KeySource(vault_url=check_vault_url(args.vault_url), env=env)
+    if getattr(args, "key_folder", None):
+        return KeySource(folder=Path(args.key_folder), env=env)
+    source = env.get("KEY_SOURCE", "").strip().lower()
+    vault = env.get("KEY_VAULT_URL", "").strip()
+    if source not in ("", "keyvault", "folder"):
+        raise ConfigError(f"KEY_SOURCE must be keyvault or folder, not {source!r}")
+    if source == "folder" or (not source and not vault):
+        return KeySource(folder=Path(env.get("KEY_FOLDER") or "keys"), env=env)
+    if not vault:
+        raise ConfigError(
+            "KEY_SOURCE is keyvault but KEY_VAULT_URL is not set: give --vault-url URL or --key-folder DIR"
+        )
+    return KeySource(vault_url=check_vault_url(vault), env=env)
