@@ -236,3 +236,39 @@ def test_keys_create_refuses_a_second_key_and_rotates(tmp_path: Path) -> None:
 def test_bad_tenant_id_is_a_usage_error(tmp_path: Path) -> None:
     done = cli("keys", "create", "--tenant", "contoso", "--key-folder", str(tmp_path))
     assert done.returncode == 2 and b"not a tenant id" in done.stderr
+
+
+def test_simulate_from_a_rows_file_passes_rows_byte_for_byte(workspace: Path, tmp_path: Path) -> None:
+    # Rows shaped as in Microsoft's sample file: spaces after colons, numbers as strings, a bare boolean,
+    # and the directory dataset's escaped entities; the file's last line has no newline.
+    rows = [
+        b'{"PersonId": "007cc8e6-fcfc-34f2-b3da-d800cb284b21","MetricDate":"2022-01-01T00:00:00Z",'
+        b'"After-hours collaboration hours":"126.00418432003623","Meeting hours with manager 1:1":"1.28",'
+        b'"Small-group meeting, call, and chat hours":"4.46", "IsActive": true }',
+        b'{"aboutMe":"R&amp;D and Operations","displayName":"Megan Bowen","mail":"megan@contoso.com"}',
+        b'{"ObjectId":"b7f16999-b812-4462-b854-bcea37e7597c","AfterHoursCollaboration":0.0,"Big":123456789012345678901}',
+    ]
+    source = tmp_path / "rows.json"
+    source.write_bytes(b"\n".join(rows))
+    out = tmp_path / "drop"
+    done = cli(
+        "drop",
+        "simulate",
+        "--tenant",
+        TENANT,
+        "--rows-file",
+        str(source),
+        "--out",
+        str(out),
+        "--key-folder",
+        str(workspace / "keys"),
+        "--parts",
+        "2",
+        "--table-name",
+        "BasicDataSet_v0.User_v1",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == 3
+    dec = cli("drop", "decrypt", str(out), "--key-folder", str(workspace / "keys"))
+    assert dec.returncode == 0, dec.stderr
+    assert dec.stdout.splitlines() == rows

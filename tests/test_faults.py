@@ -236,3 +236,37 @@ def test_stalled_worker_stops_sending_once_its_lease_lapses(azurite: Azurite, tm
 
     with pytest.raises(LeaseLost):
         guard.guard(None)
+
+
+def test_outage_beyond_the_retry_budget_fails_visibly_then_reprocess_finishes(azurite: Azurite, tmp_path: Path) -> None:
+    from shared.errors import TransientError
+    from shared.ingest import MAX_ATTEMPTS
+    from shared.reprocess import reprocess_drop
+
+    with KeyVaultStandIn() as vault:
+        relay = fault_relay(azurite, tmp_path, KEY_SOURCE="keyvault", KEY_VAULT_URL=vault.url)
+        relay.rt = Runtime(
+            relay.rt.settings, credential=vault.credential, keyvault_kwargs={**vault.client_kwargs(), "retry_total": 0}
+        )
+        relay.rt.retry_delay_seconds = 0.01
+        tenant = relay.new_tenant()
+        version = vault.add_key(tenant, relay.keys.load(relay.keys.current_path(tenant)), exp=2_000_000_000)
+        _, path = relay.drop(tenant, rows=200, version=version)
+        vault.set_available(False)
+        transient = 0
+        for _ in range(MAX_ATTEMPTS + 2):
+            try:
+                outcome = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
+            except TransientError:
+                transient += 1
+                continue
+            break
+        assert transient == MAX_ATTEMPTS
+        assert outcome.status == "failed" and f"gave up after {MAX_ATTEMPTS} attempts" in outcome.reason
+        [record] = list(relay.rt.ledger.list(tenant=tenant))
+        assert record.state == "failed" and "Key Vault" in record.props["Reason"]
+        assert path in relay.blob_names()  # a failed drop is kept
+
+        vault.set_available(True)
+        assert reprocess_drop(relay.rt, record.drop_id).status == "delivered"
+        audit(relay, list(generate_rows(200)), interruptions=0)

@@ -75,10 +75,9 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
         return fail(str(exc), EXIT_PROBLEM)
     except BrokenPipeError:
         # `viva-relay drop decrypt ... | head` closes stdout early: not an error.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's final flush
-        except OSError:
-            pass
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
 
 

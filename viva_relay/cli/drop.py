@@ -6,6 +6,8 @@ import argparse
 import ipaddress
 import json
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -59,6 +61,12 @@ def register(sub: Any) -> None:
     size = sim.add_mutually_exclusive_group()
     size.add_argument("--rows", type=int, help="number of rows (default 1000)")
     size.add_argument("--size", help="uncompressed size instead, e.g. 100MB or 1GB")
+    size.add_argument(
+        "--rows-file",
+        type=Path,
+        help="encrypt the rows of this newline-delimited JSON file (e.g. one of Microsoft's sample datasets) "
+        "instead of generated ones; each non-blank line is one row, passed through byte for byte",
+    )
     where = sim.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="write the drop into this folder (PATH/metadata/JobMetadata/...)")
     where.add_argument("--container", help="write into this landing container (connection LandingStorage)")
@@ -121,6 +129,15 @@ def _key_folder(args: argparse.Namespace) -> Path:
     return Path(common.load_env(args).get("KEY_FOLDER", "keys"))
 
 
+def rows_of_file(path: Path) -> Iterator[bytes]:
+    """The non-blank lines of a newline-delimited JSON file, without their line ends."""
+    with open(path, "rb") as fh:
+        for line in fh:
+            row = line.rstrip(b"\r\n")
+            if row.strip():
+                yield row
+
+
 def simulate_command(args: argparse.Namespace) -> int:
     """Write a simulated drop and print a JSON summary."""
     if args.parts > 1 and args.size:
@@ -158,13 +175,19 @@ def simulate_command(args: argparse.Namespace) -> int:
         if not container.exists():
             container.create_container()
         if args.container.lower() == args.tenant:
-            run_id = args.run_id or __import__("uuid").uuid4().hex
+            run_id = args.run_id or uuid.uuid4().hex
             root = run_id
         else:
             root, run_id = sample_layout_root(args.tenant, args.run_id)
         writer = BlobWriter(container, root)
         where = f"{args.container}/{root}"
     rows = None if args.size else (args.rows if args.rows is not None else 1000)
+    row_source = None
+    if args.rows_file:
+        if not args.rows_file.is_file():
+            return common.fail(f"--rows-file {args.rows_file} is not a file", common.EXIT_USAGE)
+        row_source = rows_of_file(args.rows_file)
+        rows = sum(1 for _ in rows_of_file(args.rows_file)) if args.parts > 1 else None
     result = simulate_drop(
         writer,
         tenant_id=args.tenant,
@@ -175,6 +198,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         variant=variant,
         table_name=args.table_name,
         errors=[args.errors] if args.errors else None,
+        row_source=row_source,
     )
     print(
         json.dumps(
