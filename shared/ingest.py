@@ -26,7 +26,7 @@ from .errors import (
     TransientError,
 )
 from .keys import FileKey, KeyUnwrapper
-from .ledger import DropRecord, new_owner_id, utcnow
+from .ledger import DELETED, DELIVERED, DropRecord, new_owner_id, utcnow
 from .location import DropLocation, is_metadata_blob, location_from_blob
 from .messages import Envelope
 from .metadata import DropMetadata, parse_metadata
@@ -235,6 +235,10 @@ def ingest_drop(
     location = source.location
     named = location.tenant_from_location
     tenant = named or "unknown"
+    settled = rt.ledger.get(tenant, location.drop_id)
+    if settled is not None and settled.state in (DELIVERED, DELETED):
+        # A late duplicate event (Event Grid delivers at least once), possibly after cleanup.
+        return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
     raw = source.read_metadata() if metadata_bytes is None else metadata_bytes
     try:
         md = parse_metadata(raw)

@@ -18,7 +18,7 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoun
 from azure.storage.blob import ContainerClient
 
 from .errors import NoDataFiles, TransientError
-from .location import METADATA_SUFFIX, DropLocation
+from .location import METADATA_SUFFIX, DropLocation, is_metadata_blob
 
 CHUNK_BYTES = 4 * 1024 * 1024
 _DIGITS = re.compile(r"(\d+)")
@@ -40,6 +40,18 @@ class DataFile:
 def _is_data_file(relative: str) -> bool:
     first = relative.split("/", 1)[0].lower()
     return first != "metadata"
+
+
+def data_file_names(relative_names: list[str]) -> list[str]:
+    """Which of the names below a drop root (relative to it) are the drop's data files.
+
+    Everything except the drop's own ``metadata/`` folder and the subtree of any other drop nested
+    below it (a folder with its own ``metadata/JobMetadata/Metadata.json``), in natural order.
+    """
+    nested = [name[: -len(METADATA_SUFFIX)] for name in relative_names if is_metadata_blob(name) and "/" in name]
+    nested = [root for root in nested if root]  # "" would be the drop's own Metadata.json
+    kept = [n for n in relative_names if _is_data_file(n) and not any(n.startswith(root) for root in nested)]
+    return sorted(kept, key=natural_key)
 
 
 class DropSource(ABC):
@@ -93,12 +105,10 @@ class BlobDropSource(DropSource):
             blobs = list(self.container.list_blobs(name_starts_with=prefix or None))
         except (HttpResponseError, AzureError) as exc:
             raise TransientError(f"could not list the drop {self.location.url_path}: {exc}") from exc
-        files = [
-            DataFile(name=b.name, size=b.size or 0)
-            for b in blobs
-            if _is_data_file(b.name[len(prefix) :]) and (b.size or 0) > 0
+        sizes = {b.name[len(prefix) :]: b.size or 0 for b in blobs}
+        return [
+            DataFile(name=prefix + name, size=sizes[name]) for name in data_file_names(list(sizes)) if sizes[name] > 0
         ]
-        return sorted(files, key=lambda f: natural_key(f.name))
 
     def open_chunks(self, data_file: DataFile) -> Iterator[bytes | memoryview]:
         """Chunked download (one chunk in memory at a time)."""
@@ -124,12 +134,8 @@ class FolderDropSource(DropSource):
 
     def list_data_files(self) -> list[DataFile]:
         """Files below the folder, except metadata/."""
-        files = []
-        for p in self.root.rglob("*"):
-            rel = p.relative_to(self.root).as_posix()
-            if p.is_file() and _is_data_file(rel) and p.stat().st_size > 0:
-                files.append(DataFile(name=rel, size=p.stat().st_size))
-        return sorted(files, key=lambda f: natural_key(f.name))
+        sizes = {p.relative_to(self.root).as_posix(): p.stat().st_size for p in self.root.rglob("*") if p.is_file()}
+        return [DataFile(name=name, size=sizes[name]) for name in data_file_names(list(sizes)) if sizes[name] > 0]
 
     def open_chunks(self, data_file: DataFile) -> Iterator[bytes | memoryview]:
         """Read the file in chunks into one reused buffer."""

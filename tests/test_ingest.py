@@ -317,3 +317,27 @@ def test_rsa1_5_needs_explicit_opt_in(azurite: Any, tmp_path: Any) -> None:
     _, path2 = allowed.drop(tenant, rows=10, variant=DropVariant(rsa_padding="RSA1_5"))
     outcome = ingest_metadata_blob(allowed.rt, allowed.landing.container_name, path2)
     assert outcome.status == "delivered" and outcome.algorithm == "RSA1_5"
+
+
+def test_late_duplicate_event_after_cleanup_is_skipped(azurite: Any, tmp_path: Any) -> None:
+    relay = make_relay(azurite, tmp_path, DELETE_AFTER_DELIVERY="true")
+    tenant = relay.new_tenant()
+    _, path = relay.drop(tenant, rows=15)
+    body = relay.landing.download_blob(path).readall()
+    assert ingest_metadata_blob(relay.rt, relay.landing.container_name, path, body).status == "delivered"
+    assert relay.blob_names() == []  # delivered, then deleted right away
+    late = ingest_metadata_blob(relay.rt, relay.landing.container_name, path, body)
+    assert late.status == "skipped" and late.reason == "already deleted"
+    assert len([m for m in relay.messages() if m["type"] == "complete"]) == 1
+
+
+def test_drop_at_container_root_ignores_a_drop_nested_below_it(azurite: Any, tmp_path: Any) -> None:
+    tenant = str(uuid.uuid4())
+    relay = make_relay(azurite, tmp_path, LANDING_CONTAINER=tenant)
+    relay.keys.create(tenant)
+    _, root_path = relay.drop(tenant, rows=12, root="")
+    _, nested_path = relay.drop(tenant, rows=7, root="2026-11-30")
+    first = ingest_metadata_blob(relay.rt, tenant, root_path)
+    second = ingest_metadata_blob(relay.rt, tenant, nested_path)
+    assert (first.status, first.rows) == ("delivered", 12), first.reason
+    assert (second.status, second.rows) == ("delivered", 7), second.reason
