@@ -40,9 +40,10 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient
 
 from .errors import TransientError
-from .ledger import DELETED, DELIVERED, FAILED, DropRecord, new_owner_id, utcnow
+from .ledger import DELETED, DELIVERED, FAILED, DropRecord, new_owner_id
 from .location import METADATA_SUFFIX, DropLocation, is_metadata_blob, location_from_blob
 from .runtime import Runtime
+from .tables import utcnow
 
 log = logging.getLogger("viva_relay")
 

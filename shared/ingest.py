@@ -26,7 +26,7 @@ from .errors import (
     TransientError,
 )
 from .keys import FileKey, KeyUnwrapper
-from .ledger import DELETED, DELIVERED, DropRecord, new_owner_id, utcnow
+from .ledger import DELETED, DELIVERED, DropRecord, new_owner_id
 from .location import DropLocation, is_metadata_blob, location_from_blob
 from .messages import Envelope
 from .metadata import DropMetadata, parse_metadata
@@ -34,6 +34,7 @@ from .retry import with_retries
 from .runtime import Runtime
 from .sinks import QueueSink, RowSink
 from .sources import BlobDropSource, DropSource
+from .tables import utcnow
 
 log = logging.getLogger("viva_relay")
 

@@ -23,21 +23,17 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
-    AzureError,
-    HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
-    ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, UpdateMode
 
 from .errors import LeaseLost, TransientError
 from .location import DropLocation
+from .tables import TableStore, as_utc, entity_etag, entity_props, utcnow, without_nulls
 
 WAITING = "waiting"
 IN_PROGRESS = "in_progress"
@@ -49,17 +45,6 @@ STATES = (WAITING, IN_PROGRESS, DELIVERED, FAILED, DELETED)
 #: or failed row while it deletes the drop's blobs. Every existing transition already treats
 #: delivered and failed rows as settled, so the marker never has to be understood by ingest.
 DELETING = "deleting"
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware."""
-    return datetime.now(UTC)
-
-
-def _as_utc(value: Any) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -84,7 +69,7 @@ class DropRecord:
     @property
     def lease_until(self) -> datetime | None:
         """When the lease expires."""
-        return _as_utc(self.props.get("LeaseUntil"))
+        return as_utc(self.props.get("LeaseUntil"))
 
     @property
     def checkpoint_seq(self) -> int:
@@ -357,7 +342,7 @@ class DropLedger(ABC):
 
         def free(row: DropRecord) -> bool:
             holder = str(row.props.get("DeletingOwner") or "")
-            until = _as_utc(row.props.get("DeletingUntil"))
+            until = as_utc(row.props.get("DeletingUntil"))
             return row.state in states and (not holder or holder == owner or until is None or until <= now)
 
         return self.update_if(
@@ -440,102 +425,41 @@ class DropLedger(ABC):
             return None
 
 
-class TableDropLedger(DropLedger):
+class TableDropLedger(TableStore, DropLedger):
     """The ledger in Azure Table storage (Azurite locally)."""
 
-    def __init__(self, table: TableClient) -> None:
-        self.table = table
-        self._ensured = False
-
-    def ensure(self) -> None:
-        """Create the table if missing (once per process)."""
-        if self._ensured:
-            return
-        try:
-            self.table.create_table()
-        except ResourceExistsError:
-            pass
-        except (HttpResponseError, AzureError) as exc:
-            raise TransientError(f"ledger table unavailable: {exc}") from exc
-        self._ensured = True
+    label = "ledger"
 
     @staticmethod
     def _record(entity: Any) -> DropRecord:
-        props = {k: v for k, v in dict(entity).items() if k not in ("PartitionKey", "RowKey")}
-        return DropRecord(
-            tenant=entity["PartitionKey"],
-            drop_id=entity["RowKey"],
-            props=props,
-            etag=str(entity.metadata.get("etag", "")),
-        )
+        return DropRecord(entity["PartitionKey"], entity["RowKey"], entity_props(entity), entity_etag(entity))
 
     @staticmethod
     def _entity(record: DropRecord) -> dict[str, Any]:
-        clean = {k: v for k, v in record.props.items() if v is not None}
-        return {"PartitionKey": record.tenant, "RowKey": record.drop_id, **clean}
-
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ResourceNotFoundError, ResourceExistsError, ResourceModifiedError):
-            raise
-        except HttpResponseError as exc:
-            if exc.status_code == 412:
-                raise ResourceModifiedError(message=str(exc), response=exc.response) from exc
-            raise TransientError(f"ledger {what} failed: HTTP {exc.status_code} {exc.reason}") from exc
-        except AzureError as exc:
-            raise TransientError(f"ledger {what} failed: {exc}") from exc
+        return {"PartitionKey": record.tenant, "RowKey": record.drop_id, **without_nulls(record.props)}
 
     def get(self, tenant: str, drop_id: str) -> DropRecord | None:
         """Read one row."""
-        self.ensure()
-        try:
-            return self._record(self._call("read", self.table.get_entity, tenant, drop_id))
-        except ResourceNotFoundError:
-            return None
+        entity = self.read_entity(tenant, drop_id)
+        return None if entity is None else self._record(entity)
 
     def find(self, drop_id: str) -> DropRecord | None:
         """Read one row by RowKey, across tenants."""
-        self.ensure()
-        rows = self._call("query", lambda: list(self.table.query_entities("RowKey eq @id", parameters={"id": drop_id})))
+        rows = self.select_entities({"RowKey": drop_id})
         return self._record(rows[0]) if rows else None
 
     def list(self, tenant: str | None = None, state: str | None = None) -> Iterator[DropRecord]:
         """Query rows by tenant and/or state."""
-        self.ensure()
-        clauses, params = [], {}
-        if tenant:
-            clauses.append("PartitionKey eq @t")
-            params["t"] = tenant
-        if state:
-            clauses.append("State eq @s")
-            params["s"] = state
-        if clauses:
-            entities = self._call(
-                "query", lambda: list(self.table.query_entities(" and ".join(clauses), parameters=params))
-            )
-        else:
-            entities = self._call("list", lambda: list(self.table.list_entities()))
-        for e in entities:
-            yield self._record(e)
+        equal = {k: v for k, v in (("PartitionKey", tenant), ("State", state)) if v}
+        for entity in self.select_entities(equal):
+            yield self._record(entity)
 
     def _insert(self, record: DropRecord) -> DropRecord:
-        self.ensure()
-        meta = self._call("insert", self.table.create_entity, self._entity(record))
-        record.etag = str(meta.get("etag", ""))
+        record.etag = self.insert_entity(self._entity(record))
         return record
 
     def _replace(self, record: DropRecord) -> DropRecord:
-        self.ensure()
-        meta = self._call(
-            "update",
-            self.table.update_entity,
-            self._entity(record),
-            mode=UpdateMode.REPLACE,
-            etag=record.etag,
-            match_condition=MatchConditions.IfNotModified,
-        )
-        record.etag = str(meta.get("etag", ""))
+        record.etag = self.replace_entity(self._entity(record), record.etag)
         return record
 
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -35,11 +34,11 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ServiceRequestError,
 )
-from azure.data.tables import TableClient, UpdateMode
 
 from .config import Settings
 from .errors import TransientError, VivaRelayError
 from .retry import with_retries
+from .tables import TableStore, as_utc, entity_etag, entity_props, utcnow, without_nulls
 from .tenants import FactoryRef, Tenant, TenantRegistry, normalise_tenant_id
 
 if TYPE_CHECKING:
@@ -79,25 +78,14 @@ class PipelineStartError(VivaRelayError):
 # --------------------------------------------------------------------------------------------------
 # The run ledger
 # --------------------------------------------------------------------------------------------------
-def utcnow() -> datetime:
-    """The current time, timezone-aware."""
-    return datetime.now(UTC)
-
-
 def _aware(now: datetime | None) -> datetime:
     if now is None:
         return utcnow()
     return now if now.tzinfo else now.replace(tzinfo=UTC)
 
 
-def _as_utc(value: Any) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _iso(value: Any) -> str | None:
-    moment = _as_utc(value)
+    moment = as_utc(value)
     return moment.isoformat() if moment else None
 
 
@@ -123,12 +111,12 @@ class RunRecord:
     @property
     def started_at(self) -> datetime | None:
         """When Viva Relay asked Data Factory to start the run."""
-        return _as_utc(self.props.get("StartedAt"))
+        return as_utc(self.props.get("StartedAt"))
 
     @property
     def run_end(self) -> datetime | None:
         """When the run ended, as Data Factory reports it."""
-        return _as_utc(self.props.get("RunEnd"))
+        return as_utc(self.props.get("RunEnd"))
 
     @property
     def active(self) -> bool:
@@ -175,105 +163,53 @@ class RunRecord:
         }
 
 
-class RunLedger:
+class RunLedger(TableStore):
     """The run ledger in Azure Table storage (Azurite locally)."""
 
-    def __init__(self, table: TableClient) -> None:
-        self.table = table
-        self._ensured = False
-
-    @staticmethod
-    def _call(what: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except (ResourceNotFoundError, ResourceExistsError, ResourceModifiedError):
-            raise
-        except HttpResponseError as exc:
-            if exc.status_code == 412:
-                raise ResourceModifiedError(message=str(exc), response=exc.response) from exc
-            raise TransientError(f"run ledger {what} failed: HTTP {exc.status_code} {exc.reason}") from exc
-        except AzureError as exc:
-            raise TransientError(f"run ledger {what} failed: {exc}") from exc
-
-    def ensure(self) -> None:
-        """Create the table if missing (once per process)."""
-        if self._ensured:
-            return
-        with contextlib.suppress(ResourceExistsError):
-            self._call("create table", self.table.create_table)
-        self._ensured = True
+    label = "run ledger"
 
     @staticmethod
     def _record(entity: Any) -> RunRecord:
-        props = {k: v for k, v in dict(entity).items() if k not in ("PartitionKey", "RowKey")}
-        return RunRecord(
-            str(entity["PartitionKey"]), str(entity["RowKey"]), props, str(entity.metadata.get("etag", ""))
-        )
+        return RunRecord(str(entity["PartitionKey"]), str(entity["RowKey"]), entity_props(entity), entity_etag(entity))
 
     @staticmethod
     def _entity(record: RunRecord) -> dict[str, Any]:
-        clean = {k: v for k, v in record.props.items() if v is not None}
-        return {"PartitionKey": record.tenant_id, "RowKey": record.run_id, **clean}
+        return {"PartitionKey": record.tenant_id, "RowKey": record.run_id, **without_nulls(record.props)}
 
     def insert(self, record: RunRecord) -> RunRecord:
         """Add a new row."""
-        self.ensure()
-        meta = self._call("insert", lambda: self.table.create_entity(self._entity(record)))
-        record.etag = str(meta.get("etag", ""))
+        record.etag = self.insert_entity(self._entity(record))
         return record
 
     def replace(self, record: RunRecord) -> RunRecord:
         """Write the row back if nobody changed it since it was read (ResourceModifiedError otherwise)."""
-        self.ensure()
-        meta = self._call(
-            "update",
-            lambda: self.table.update_entity(
-                self._entity(record),
-                mode=UpdateMode.REPLACE,
-                etag=record.etag,
-                match_condition=MatchConditions.IfNotModified,
-            ),
-        )
-        record.etag = str(meta.get("etag", ""))
+        record.etag = self.replace_entity(self._entity(record), record.etag)
         return record
 
     def get(self, tenant_id: str, run_id: str) -> RunRecord | None:
         """One row, or None."""
-        self.ensure()
-        try:
-            return self._record(self._call("read", lambda: self.table.get_entity(tenant_id, run_id)))
-        except ResourceNotFoundError:
-            return None
+        entity = self.read_entity(tenant_id, run_id)
+        return None if entity is None else self._record(entity)
 
     def find(self, run_id: str) -> RunRecord | None:
         """One run by id, whatever its tenant."""
-        self.ensure()
-        rows = self._call(
-            "query", lambda: list(self.table.query_entities("RowKey eq @id", parameters={"id": run_id.strip()}))
-        )
+        rows = self.select_entities({"RowKey": run_id.strip()})
         return self._record(rows[0]) if rows else None
 
-    def _query(self, flt: str | None, params: dict[str, Any]) -> list[RunRecord]:
-        self.ensure()
-        if flt:
-            entities = self._call("query", lambda: list(self.table.query_entities(flt, parameters=params)))
-        else:
-            entities = self._call("list", lambda: list(self.table.list_entities()))
-        records = [self._record(e) for e in entities]
+    def _query(self, equal: dict[str, Any]) -> list[RunRecord]:
+        records = [self._record(e) for e in self.select_entities(equal)]
         epoch = datetime.min.replace(tzinfo=UTC)
         records.sort(key=lambda r: (r.started_at or epoch, r.run_id), reverse=True)
         return records
 
     def list_runs(self, tenant_id: str | None = None, status: str | None = None) -> list[RunRecord]:
         """Runs, newest first, optionally of one tenant and/or status."""
-        clauses, params = [], {}
+        equal: dict[str, Any] = {}
         if tenant_id:
-            clauses.append("PartitionKey eq @t")
-            params["t"] = normalise_tenant_id(tenant_id)
+            equal["PartitionKey"] = normalise_tenant_id(tenant_id)
         if status:
-            clauses.append("Status eq @s")
-            params["s"] = status
-        return self._query(" and ".join(clauses) or None, params)
+            equal["Status"] = status
+        return self._query(equal)
 
     def active(self, tenant_id: str) -> list[RunRecord]:
         """The tenant's runs that have not ended (by the ledger's last knowledge)."""
@@ -281,7 +217,7 @@ class RunLedger:
 
     def watched(self) -> list[RunRecord]:
         """Rows the follow timer still has work on (runs not ended, or succeeded with no drop yet)."""
-        return self._query("Watch eq true", {})
+        return self._query({"Watch": True})
 
 
 def tenant_registry(rt: Runtime) -> TenantRegistry:
@@ -397,7 +333,7 @@ def _find_started_run(
     wanted = {k: str(parameters[k]) for k in ("TenantId", "RequestStartDate", "RequestEndDate")}
     for run in result.value or []:
         got = run.parameters or {}
-        started = _as_utc(run.run_start)
+        started = as_utc(run.run_start)
         if started is not None and started < since - _ADOPT_SLACK:
             continue
         if run.run_id and all(str(got.get(k, "")) == v for k, v in wanted.items()):
@@ -675,7 +611,7 @@ def _check_drop(rt: Runtime, record: RunRecord, now: datetime) -> tuple[str, str
         record.props.update({"DropId": str(first.get("RowKey", "")), "DropState": str(first.get("State", ""))})
         record.props["Watch"] = False
         return "drop_found", f"drop {record.props['DropId']} is {record.props['DropState']}"
-    since = record.run_end or _as_utc(record.props.get("LastCheckedAt")) or now
+    since = record.run_end or as_utc(record.props.get("LastCheckedAt")) or now
     hours = rt.settings.run_no_drop_alert_hours
     if now - since >= timedelta(hours=hours):
         record.props.update({"NoDropAlert": True, "NoDropAlertAt": now, "Watch": False})
@@ -709,8 +645,8 @@ def _follow_one(rt: Runtime, ledger: RunLedger, record: RunRecord, now: datetime
                 {
                     "Status": status,
                     "Message": str(run.message or "")[:4000],
-                    "RunStart": _as_utc(run.run_start),
-                    "RunEnd": _as_utc(run.run_end),
+                    "RunStart": as_utc(run.run_start),
+                    "RunEnd": as_utc(run.run_end),
                 }
             )
             message = record.message

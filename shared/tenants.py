@@ -8,25 +8,22 @@ the directory dataset is copied too, whether the tenant is enabled and when it c
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final, TypeVar
+from datetime import date, datetime, timedelta
+from typing import Any, Final
 
 from azure.core.exceptions import (
-    AzureError,
-    HttpResponseError,
     ResourceExistsError,
-    ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import UpdateMode
 
 from .config import Settings
-from .errors import ConfigError, TransientError, VivaRelayError
+from .errors import ConfigError, VivaRelayError
 from .metadata import GUID_RE
+from .tables import TableStore, as_utc, utcnow
 
 PARTITION: Final = "tenant"
 #: How long an admin's approval of the MGDC app lasts (SPEC.md: 180 days).
@@ -36,8 +33,6 @@ RESERVED_PARAMETERS: Final = frozenset({"TenantId"})
 
 _PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _ARM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._()-]{0,259}$")
-
-T = TypeVar("T")
 
 
 class TenantNotFound(VivaRelayError):
@@ -159,10 +154,6 @@ class Tenant:
         }
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _to_entity(tenant: Tenant) -> dict[str, Any]:
     entity: dict[str, Any] = {
         "PartitionKey": PARTITION,
@@ -183,12 +174,6 @@ def _to_entity(tenant: Tenant) -> dict[str, Any]:
     if tenant.updated_at:
         entity["UpdatedAt"] = tenant.updated_at
     return entity
-
-
-def _as_utc(value: Any) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _from_entity(entity: Mapping[str, Any]) -> Tenant:
@@ -216,35 +201,15 @@ def _from_entity(entity: Mapping[str, Any]) -> Tenant:
         enabled=bool(entity.get("Enabled", True)),
         consent_date=consent,
         disabled_reason=str(entity.get("DisabledReason") or ""),
-        added_at=_as_utc(entity.get("AddedAt")),
-        updated_at=_as_utc(entity.get("UpdatedAt")),
+        added_at=as_utc(entity.get("AddedAt")),
+        updated_at=as_utc(entity.get("UpdatedAt")),
     )
 
 
-class TenantRegistry:
+class TenantRegistry(TableStore):
     """Onboarded tenants in Azure Table storage (Azurite locally)."""
 
-    def __init__(self, table: TableClient) -> None:
-        self.table = table
-        self._ensured = False
-
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except (ResourceNotFoundError, ResourceExistsError):
-            raise
-        except HttpResponseError as exc:
-            raise TransientError(f"tenant registry {what} failed: HTTP {exc.status_code} {exc.reason}") from exc
-        except AzureError as exc:
-            raise TransientError(f"tenant registry {what} failed: {exc}") from exc
-
-    def ensure(self) -> None:
-        """Create the table if missing (once per process)."""
-        if self._ensured:
-            return
-        with contextlib.suppress(ResourceExistsError):
-            self._call("create table", self.table.create_table)
-        self._ensured = True
+    label = "tenant registry"
 
     def add(self, tenant: Tenant, *, replace_existing: bool = False, now: datetime | None = None) -> Tenant:
         """Register ``tenant``; TenantExists if it is registered already and ``replace_existing`` is False.
@@ -252,7 +217,7 @@ class TenantRegistry:
         Replacing keeps the original ``added_at``.
         """
         self.ensure()
-        now = now or _utcnow()
+        now = now or utcnow()
         clean = tenant.validate()
         existing = self.get(clean.tenant_id)
         if existing is not None and not replace_existing:
@@ -260,22 +225,17 @@ class TenantRegistry:
         stored = replace(clean, added_at=existing.added_at if existing else now, updated_at=now)
         if existing is None:
             try:
-                self._call("insert", lambda: self.table.create_entity(_to_entity(stored)))
+                self.call("insert", lambda: self.table.create_entity(_to_entity(stored)))
             except ResourceExistsError:
                 raise TenantExists(f"tenant {clean.tenant_id} was registered concurrently") from None
         else:
-            self._call("update", lambda: self.table.upsert_entity(_to_entity(stored), mode=UpdateMode.REPLACE))
+            self.call("update", lambda: self.table.upsert_entity(_to_entity(stored), mode=UpdateMode.REPLACE))
         return stored
 
     def get(self, tenant_id: str) -> Tenant | None:
         """One tenant, or None."""
-        self.ensure()
-        key = normalise_tenant_id(tenant_id)
-        try:
-            entity = self._call("read", lambda: self.table.get_entity(PARTITION, key))
-        except ResourceNotFoundError:
-            return None
-        return _from_entity(entity)
+        entity = self.read_entity(PARTITION, normalise_tenant_id(tenant_id))
+        return None if entity is None else _from_entity(entity)
 
     def require(self, tenant_id: str) -> Tenant:
         """One tenant; TenantNotFound when it is not registered."""
@@ -286,11 +246,7 @@ class TenantRegistry:
 
     def list(self, *, enabled_only: bool = False) -> Iterator[Tenant]:
         """Every registered tenant, ordered by tenant id (optionally only the enabled ones)."""
-        self.ensure()
-        entities = self._call(
-            "query",
-            lambda: list(self.table.query_entities("PartitionKey eq @p", parameters={"p": PARTITION})),
-        )
+        entities = self.select_entities({"PartitionKey": PARTITION})
         for entity in sorted(entities, key=lambda e: str(e["RowKey"])):
             tenant = _from_entity(entity)
             if tenant.enabled or not enabled_only:
@@ -299,9 +255,9 @@ class TenantRegistry:
     def _set_enabled(self, tenant_id: str, enabled: bool, reason: str, now: datetime | None) -> Tenant:
         tenant = self.require(tenant_id)
         changed = replace(
-            tenant, enabled=enabled, disabled_reason="" if enabled else reason, updated_at=now or _utcnow()
+            tenant, enabled=enabled, disabled_reason="" if enabled else reason, updated_at=now or utcnow()
         )
-        self._call("update", lambda: self.table.upsert_entity(_to_entity(changed), mode=UpdateMode.REPLACE))
+        self.call("update", lambda: self.table.upsert_entity(_to_entity(changed), mode=UpdateMode.REPLACE))
         return changed
 
     def disable(self, tenant_id: str, reason: str = "", *, now: datetime | None = None) -> Tenant:
@@ -315,5 +271,5 @@ class TenantRegistry:
     def remove(self, tenant_id: str) -> Tenant:
         """Delete the tenant's registration (its run history stays in the run ledger)."""
         tenant = self.require(tenant_id)
-        self._call("delete", lambda: self.table.delete_entity(PARTITION, tenant.tenant_id))
+        self.call("delete", lambda: self.table.delete_entity(PARTITION, tenant.tenant_id))
         return tenant

@@ -22,9 +22,10 @@ import shared.runtime
 from shared.cleanup import cleanup_drops, delete_drop, delete_strays, find_orphans, scan_landing
 from shared.config import Settings
 from shared.ingest import IngestOutcome, ingest_metadata_blob
-from shared.ledger import DropRecord, utcnow
+from shared.ledger import DropRecord
 from shared.location import location_from_blob
 from shared.reprocess import reprocess_drop
+from shared.tables import utcnow
 from tests.conftest import Relay, make_relay
 from tests.test_ingest import expected_rows, rows_of
 

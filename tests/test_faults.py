@@ -22,10 +22,10 @@ from devtools.faultproxy import FaultProxy
 from devtools.keyvault_standin import KeyVaultStandIn
 from shared.config import Settings
 from shared.ingest import ingest_metadata_blob, recheck_drops
-from shared.ledger import utcnow
 from shared.messages import decode_message
 from shared.runtime import Runtime
 from shared.simulate import generate_rows
+from shared.tables import utcnow
 from tests.conftest import FAULT_REPORTS, Relay, make_relay
 
 ROOT = Path(__file__).resolve().parent.parent

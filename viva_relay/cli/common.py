@@ -84,8 +84,9 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
 class Progress:
     """A small progress line on stderr (only when stderr is a terminal, or when forced)."""
 
-    def __init__(self, label: str, total: int | None = None, *, stream: TextIO | None = None,
-                 force: bool = False) -> None:
+    def __init__(
+        self, label: str, total: int | None = None, *, stream: TextIO | None = None, force: bool = False
+    ) -> None:
         self.label = label
         self.total = total
         self.stream = stream or sys.stderr

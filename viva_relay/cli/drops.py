@@ -16,8 +16,9 @@ from shared.cleanup import (
     cleanup_drops,
     delete_orphans,
 )
-from shared.ledger import DELETING, STATES, DropRecord, utcnow
+from shared.ledger import DELETING, STATES, DropRecord
 from shared.reprocess import reprocess_drop
+from shared.tables import utcnow
 
 from . import common
 
