@@ -72,7 +72,12 @@ class FaultProxy:
                 rule = proxy._take(self.command, self.path)
                 if rule is not None and rule.action == "status":
                     proxy._record(self.command, self.path, f"status {rule.status}")
-                    payload = b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code></Error>'
+                    # Shaped like the service's own error body (code, message, request id).
+                    payload = (
+                        b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
+                        b"<Message>The server is busy (injected by the test proxy).\nRequestId:00000000-0000-0000"
+                        b"-0000-000000000000\nTime:2026-01-01T00:00:00.0000000Z</Message></Error>"
+                    )
                     self.send_response(rule.status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))

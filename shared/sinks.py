@@ -15,10 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueClient
 
-from .errors import TransientError
+from .errors import LeaseLost, TransientError
 from .messages import Envelope, Message, MessagePacker
 
 
@@ -197,9 +197,11 @@ class QueueSink(PackedSink):
             return
         if isinstance(err, HttpResponseError):
             raise TransientError(f"queue put failed with HTTP {err.status_code}: {err.reason}") from err
-        if isinstance(err, AzureError):
-            raise TransientError(f"queue put failed: {err}") from err
-        raise err
+        if isinstance(err, LeaseLost):
+            raise err
+        # Any other failure of a put (the SDK's own errors included) leaves the message's fate
+        # unknown; replaying from the checkpoint is always safe, so it is transient.
+        raise TransientError(f"queue put failed: {type(err).__name__}: {err}") from err
 
     def put(self, message: Message) -> None:
         """Submit a put; blocks while the in-flight window is full; raises an earlier failure."""

@@ -82,14 +82,12 @@ def audit(relay: Relay, expected: list[bytes], *, interruptions: int) -> dict[st
 
 
 def fault_relay(azurite: Azurite, tmp: Path, **overrides: str) -> Relay:
-    return make_relay(
-        azurite,
-        tmp,
-        DOWNSTREAM_MESSAGE_ENCODING="json",
-        CHECKPOINT_EVERY_MESSAGES=str(CHECKPOINT_EVERY),
-        DOWNSTREAM_PUT_CONCURRENCY=str(CONCURRENCY),
-        **overrides,
-    )
+    settings = {
+        "DOWNSTREAM_MESSAGE_ENCODING": "json",
+        "CHECKPOINT_EVERY_MESSAGES": str(CHECKPOINT_EVERY),
+        "DOWNSTREAM_PUT_CONCURRENCY": str(CONCURRENCY),
+    }
+    return make_relay(azurite, tmp, **(settings | overrides))
 
 
 def wait_for_lease_expiry(relay: Relay, tenant: str) -> None:
@@ -136,19 +134,24 @@ def test_sigkill_at_many_points_then_redeliver(azurite: Azurite, tmp_path: Path)
     audit(relay, expected, interruptions=len(kill_after))
 
 
-def test_queue_throttling_503s_are_retried(azurite: Azurite, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("failures", "concurrency"),
+    [(12, CONCURRENCY), (5, 1)],
+    ids=["503s-spread-over-concurrent-puts", "one-put-outlasts-the-sdk-retries"],
+)
+def test_queue_throttling_503s_are_retried(azurite: Azurite, tmp_path: Path, failures: int, concurrency: int) -> None:
     with FaultProxy(azurite.queue_port) as proxy:
         cs = azurite.connection_string.replace(f":{azurite.queue_port}/", f":{proxy.port}/")
-        relay = fault_relay(azurite, tmp_path, RelayStorage=cs)
+        relay = fault_relay(azurite, tmp_path, RelayStorage=cs, DOWNSTREAM_PUT_CONCURRENCY=str(concurrency))
         relay.rt = Runtime(relay.rt.settings, storage_kwargs=FAST_RETRY)
         relay.rt.retry_delay_seconds = 0.01
         tenant = relay.new_tenant()
         _, path = relay.drop(tenant, rows=1500)
         assert relay.rt.queue.get_queue_properties() is not None  # the queue exists before faults start
-        proxy.fail_next(12, 503, method="POST", path_contains="/messages")
+        proxy.fail_next(failures, 503, method="POST", path_contains="/messages")
         outcome = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
         assert outcome.status == "delivered", outcome.reason
-        assert len(proxy.faults()) == 12
+        assert len(proxy.faults()) == failures
         audit(relay, list(generate_rows(1500)), interruptions=1)
 
 
