@@ -59,7 +59,7 @@ def main() -> int:
             }
         )
         key = _cli(env, "keys", "create", "--tenant", tenant)
-        print(f"  key       {key['path']} (version {key['version']})")
+        print(f"  key       {key['where']} (version {key['version']})")
         sim = _cli(
             env, "drop", "simulate", "--tenant", tenant, "--rows", str(ROWS), "--container", env["LANDING_CONTAINER"]
         )
@@ -88,14 +88,19 @@ def main() -> int:
         [record] = [r for r in rt.ledger.list(tenant=tenant)]
         p = record.props
         print(f"\n  drop id   {record.drop_id}")
-        print(f"  state     {record.state}")
+        state = record.state
+        if state == "deleted":
+            state = "delivered (then deleted from the landing storage by the immediate cleanup pass)"
+        print(f"  state     {state}")
+        left = sum(1 for _ in rt.landing_container().list_blobs(name_starts_with=record.location.data_prefix))
+        print(f"  landing   {left} blobs left for this drop in {rt.settings.landing_container}")
         print(f"  rows      {p.get('Rows', 0):,} delivered of {p.get('RowsExpected')} in Metadata.json")
         print(f"  messages  {p.get('Messages', 0):,} row messages + 1 completion ({p.get('Encoding')})")
         print(
             f"  speed     {p.get('MBps')} MB/s through decrypt+gunzip+validate+pack+queue "
             f"({wall:.2f} s wall, key unwrapped with {p.get('Algorithm')})"
         )
-        if record.state != "delivered":
+        if record.state not in ("delivered", "deleted"):
             print(f"  reason    {p.get('Reason')}")
             return 1
 
