@@ -90,6 +90,20 @@ def fault_relay(azurite: Azurite, tmp: Path, **overrides: str) -> Relay:
     return make_relay(azurite, tmp, **(settings | overrides))
 
 
+def vault_drop(azurite: Azurite, tmp: Path, vault: KeyVaultStandIn, *, rows: int) -> tuple[Relay, str, str]:
+    """A relay unwrapping in the Key Vault stand-in, and a drop whose private key lives only there."""
+    relay = fault_relay(azurite, tmp, KEY_SOURCE="keyvault", KEY_VAULT_URL=vault.url)
+    relay.rt = Runtime(
+        relay.rt.settings, credential=vault.credential, keyvault_kwargs={**vault.client_kwargs(), "retry_total": 0}
+    )
+    relay.rt.retry_delay_seconds = 0.01
+    tenant = relay.new_tenant()
+    version = vault.add_key(tenant, relay.keys.load(relay.keys.current_path(tenant)), exp=2_000_000_000)
+    _, path = relay.drop(tenant, rows=rows, version=version)
+    relay.keys.current_path(tenant).unlink()
+    return relay, tenant, path
+
+
 def wait_for_lease_expiry(relay: Relay, tenant: str) -> None:
     [record] = list(relay.rt.ledger.list(tenant=tenant))
     until = record.lease_until
@@ -172,15 +186,7 @@ def test_blob_download_cut_mid_stream(azurite: Azurite, tmp_path: Path) -> None:
 
 def test_key_vault_outage_then_recovery(azurite: Azurite, tmp_path: Path) -> None:
     with KeyVaultStandIn() as vault:
-        relay = fault_relay(azurite, tmp_path, KEY_SOURCE="keyvault", KEY_VAULT_URL=vault.url)
-        relay.rt = Runtime(
-            relay.rt.settings, credential=vault.credential, keyvault_kwargs={**vault.client_kwargs(), "retry_total": 0}
-        )
-        relay.rt.retry_delay_seconds = 0.01
-        tenant = relay.new_tenant()
-        version = vault.add_key(tenant, relay.keys.load(relay.keys.current_path(tenant)), exp=2_000_000_000)
-        _, path = relay.drop(tenant, rows=400, version=version)
-        relay.keys.current_path(tenant).unlink()  # the private key now lives only in the vault
+        relay, tenant, path = vault_drop(azurite, tmp_path, vault, rows=400)
         vault.set_available(False)
         from shared.errors import TransientError
 
@@ -247,14 +253,7 @@ def test_outage_beyond_the_retry_budget_fails_visibly_then_reprocess_finishes(az
     from shared.reprocess import reprocess_drop
 
     with KeyVaultStandIn() as vault:
-        relay = fault_relay(azurite, tmp_path, KEY_SOURCE="keyvault", KEY_VAULT_URL=vault.url)
-        relay.rt = Runtime(
-            relay.rt.settings, credential=vault.credential, keyvault_kwargs={**vault.client_kwargs(), "retry_total": 0}
-        )
-        relay.rt.retry_delay_seconds = 0.01
-        tenant = relay.new_tenant()
-        version = vault.add_key(tenant, relay.keys.load(relay.keys.current_path(tenant)), exp=2_000_000_000)
-        _, path = relay.drop(tenant, rows=200, version=version)
+        relay, tenant, path = vault_drop(azurite, tmp_path, vault, rows=200)
         vault.set_available(False)
         transient = 0
         for _ in range(MAX_ATTEMPTS + 2):
