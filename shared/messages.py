@@ -117,7 +117,9 @@ class MessagePacker:
 
     def _fit_raw(self) -> int:
         """How many pending rows fit a json/base64 message (greedy, by cumulative length)."""
-        budget = self._body_limit - len(self._header(self.seq, self.rows, len(self._pending))) - 2
+        # The header is measured with the widest row count, not the number of rows pending: the
+        # budget must not depend on how rows were batched, or a replay could pack differently.
+        budget = self._body_limit - len(self._header(self.seq, self.rows, 10**9)) - 2
         cumulative = list(accumulate(map(_plus_one, map(len, self._pending))))
         n = bisect_right(cumulative, budget + 1)  # the last row has no comma
         if n == 0:

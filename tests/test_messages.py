@@ -70,3 +70,19 @@ def test_rows_with_non_ascii_count_in_bytes() -> None:
     rows = [json.dumps({"n": "é" * 3000}, ensure_ascii=False).encode()] * 40
     for m in pack(rows, "json"):
         assert len(m.payload.encode("utf-8")) <= QUEUE_MESSAGE_LIMIT
+
+
+@pytest.mark.parametrize("encoding", ["json", "base64"])
+def test_a_message_that_fits_exactly_packs_the_same_whatever_the_batching(encoding: str) -> None:
+    # Rows sized so that nine of them fill a message to the byte when the header's row count has one
+    # digit: the packing must not depend on how many rows happen to be pending.
+    packer = MessagePacker(ENV, encoding)
+    limit = packer._body_limit - len(packer._header(0, 0, 9)) - 2
+
+    def row(size: int) -> bytes:
+        return b'{"x":"' + b"a" * (size - 8) + b'"}'
+
+    rows = [row(5000)] * 8 + [row(limit - 8 * 5000 - 8)] + [row(3000)] * 30
+    one_by_one = [m.payload for m in pack(rows, encoding, batch=1)]
+    all_at_once = [m.payload for m in pack(rows, encoding, batch=len(rows))]
+    assert one_by_one == all_at_once
