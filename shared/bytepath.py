@@ -134,6 +134,7 @@ class Gunzip:
         self._at_boundary = True  # no member started yet, or the last one ended cleanly
         self._started = False
         self.members = 0
+        self._member_output = 0
         self.compressed_bytes = 0
         self.plain_bytes = 0
 
@@ -147,10 +148,16 @@ class Gunzip:
                 self._started = True
                 self._at_boundary = False
                 self.members += 1
+                self._member_output = 0
             inflater = self._inflater
             try:
                 out = inflater.decompress(piece, cap)
             except _InflateError as exc:
+                if self.members > 1 and not self._member_output:
+                    raise IntegrityError(
+                        "the data file has bytes after its last complete gzip member that are not gzip"
+                        " (trailing garbage or padding): it was not written by MGDC as is"
+                    ) from None
                 where = "first" if self.members == 1 else f"member {self.members} of the"
                 raise IntegrityError(
                     f"the {where} gzip stream is corrupt ({exc}): the data is tampered with or was not"
@@ -158,6 +165,7 @@ class Gunzip:
                 ) from None
             if out:
                 self.plain_bytes += len(out)
+                self._member_output += len(out)
                 yield out
             if inflater.eof:
                 # RFC 1952: a gzip file may hold several members; start a new one with what is left.
@@ -178,6 +186,11 @@ class Gunzip:
         if not self._started:
             raise IntegrityError("the data file holds no gzip data")
         if not self._at_boundary:
+            if self.members > 1 and not self._member_output:
+                raise IntegrityError(
+                    "the data file has a few bytes after its last complete gzip member (trailing garbage or"
+                    " padding, or a truncated extra member)"
+                )
             raise IntegrityError("the gzip stream is truncated: its last member has no end")
 
 
@@ -228,9 +241,14 @@ class LineSplitter:
 def _stdlib_object(line: bytes) -> bool | None:
     """True/False whether ``line`` is a JSON object per the standard library; None if not JSON."""
     try:
-        return isinstance(json.loads(line), dict)
+        return isinstance(json.loads(line, parse_constant=_reject_constant), dict)
     except ValueError:
         return None
+
+
+def _reject_constant(name: str) -> object:
+    # NaN and Infinity are not JSON: a strict consumer could not parse a message holding them.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 class RowValidator:

@@ -86,6 +86,15 @@ class Settings:
     run_no_drop_alert_hours: int = 24
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
+    def require_key_vault(self) -> str:
+        """The vault URL; ConfigError when KEY_SOURCE=keyvault has none (checked where keys are used)."""
+        if not self.key_vault_url:
+            raise ConfigError(
+                "KEY_VAULT_URL must be the vault's https:// URI when KEY_SOURCE=keyvault"
+                " (set KEY_SOURCE=folder for local runs)"
+            )
+        return self.key_vault_url
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); raise :class:`ConfigError`."""
@@ -104,11 +113,8 @@ class Settings:
         if key_source not in KEY_SOURCES:
             raise ConfigError(f"KEY_SOURCE must be keyvault or folder, not {key_source!r}")
         vault = get("KEY_VAULT_URL", "").strip()
-        if key_source == "keyvault" and not vault.startswith("https://"):
-            raise ConfigError(
-                "KEY_VAULT_URL must be the vault's https:// URI when KEY_SOURCE=keyvault"
-                " (set KEY_SOURCE=folder for local runs)"
-            )
+        if vault and not vault.startswith("https://"):
+            raise ConfigError(f"KEY_VAULT_URL must be the vault's https:// URI, not {vault!r}")
         algorithms = tuple(
             a.strip().upper().replace("RSA1_5", "RSA1_5")
             for a in get("UNWRAP_ALGORITHMS", ",".join(d.unwrap_algorithms)).split(",")

@@ -162,7 +162,7 @@ class VaultKeys:
     @classmethod
     def from_env(cls, vault_url: str, env: Mapping[str, str] | None = None, **client_kwargs: Any) -> VaultKeys:
         """With the process's credential (``DefaultAzureCredential``; a test token only in tests)."""
-        options = keyvault_client_options(env) | client_kwargs
+        options = keyvault_client_options(env, vault_url) | client_kwargs
         return cls(vault_url, default_credential(env, target=check_vault_url(vault_url)), **options)
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 #: Test-only setting: when set, :func:`default_credential` hands out this fixed bearer token instead of
 #: signing in, so the CLI can reach the local HTTPS stand-ins in devtools/ from a subprocess.
 TEST_TOKEN_SETTING = "VIVA_RELAY_TEST_TOKEN"  # noqa: S105 - the setting's name, not a token
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def default_credential(env: Mapping[str, str] | None = None, target: str | None = None) -> TokenCredential:
@@ -47,7 +48,7 @@ def default_credential(env: Mapping[str, str] | None = None, target: str | None 
     token = (os.environ if env is None else env).get(TEST_TOKEN_SETTING, "").strip()
     if token:
         host = urlsplit(target).hostname if target else None
-        if target is not None and host not in ("127.0.0.1", "localhost", "::1"):
+        if target is not None and host not in _LOOPBACK:
             raise ConfigError(
                 f"{TEST_TOKEN_SETTING} is for local stand-ins only, not for {target}: unset it to sign in to Azure"
             )
@@ -69,13 +70,15 @@ def check_test_token(env: Mapping[str, str], target: str) -> None:
         default_credential(env, target)
 
 
-def keyvault_client_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def keyvault_client_options(env: Mapping[str, str] | None, vault_url: str) -> dict[str, Any]:
     """Extra Key Vault client options: none in production.
 
-    With the test token (local stand-in on 127.0.0.1) the SDK's check that the 401 challenge names
-    the vault's own domain is turned off; the CA bundle comes from ``REQUESTS_CA_BUNDLE``.
+    Only with the test token and a loopback vault (the local stand-in) is the SDK's check that the
+    401 challenge names the vault's own domain turned off; the CA bundle comes from
+    ``REQUESTS_CA_BUNDLE``.
     """
-    if (os.environ if env is None else env).get(TEST_TOKEN_SETTING, "").strip():
+    e = os.environ if env is None else env
+    if e.get(TEST_TOKEN_SETTING, "").strip() and urlsplit(vault_url).hostname in _LOOPBACK:
         return {"verify_challenge_resource": False}
     return {}
 
@@ -107,8 +110,23 @@ class Runtime:
         """DefaultAzureCredential (managed identity in Azure), created on first use."""
         with self._lock:
             if self._credential is None:
+                if self.settings.env.get(TEST_TOKEN_SETTING, "").strip():
+                    # The test hook may only ever reach loopback stand-ins: check every endpoint
+                    # this runtime could send the token to, not just the one asked for first.
+                    for target in self._token_targets():
+                        check_test_token(self.settings.env, target)
                 self._credential = default_credential(self.settings.env)
             return self._credential
+
+    def _token_targets(self) -> list[str]:
+        """Every endpoint configured for identity-based access."""
+        s = self.settings
+        targets = [s.key_vault_url, s.data_factory_base_url]  # datafactory() checks the ARM default itself
+        for name in (LANDING_CONNECTION, RELAY_CONNECTION):
+            for service in ("blob", "queue", "table"):
+                uri = storage.service_uri(s.env, name, service)
+                targets.append(uri or "")
+        return [t for t in targets if t]
 
     def _maybe_credential(self, name: str, service: storage.Service) -> TokenCredential | None:
         if storage.connection_string(self.settings.env, name):
@@ -171,8 +189,8 @@ class Runtime:
             return KeyFolderUnwrapper(s.key_folder, s.unwrap_algorithms)
         from .keyvault import KeyVaultUnwrapper
 
-        options = keyvault_client_options(s.env) | self.keyvault_kwargs
-        return KeyVaultUnwrapper(s.key_vault_url, self.credential, s.unwrap_algorithms, **options)
+        options = keyvault_client_options(s.env, s.key_vault_url) | self.keyvault_kwargs
+        return KeyVaultUnwrapper(s.require_key_vault(), self.credential, s.unwrap_algorithms, **options)
 
     def datafactory(self, subscription_id: str) -> DataFactoryManagementClient:
         """A Data Factory (ARM) client for ``subscription_id``, built once per subscription.

@@ -480,7 +480,24 @@ def test_test_token_hook_only_reaches_loopback() -> None:
         default_credential(env, target="https://real.vault.azure.net")
     assert default_credential(env, target="https://127.0.0.1:8443").get_token("x").token == "t"
     assert type(default_credential({})).__name__ == "DefaultAzureCredential"
-    assert runtime_module.keyvault_client_options({}) == {}
+    assert runtime_module.keyvault_client_options({}, "https://127.0.0.1:8443") == {}
+    assert runtime_module.keyvault_client_options(env, "https://real.vault.azure.net") == {}
+    assert runtime_module.keyvault_client_options(env, "https://127.0.0.1:8443") == {"verify_challenge_resource": False}
+    # A runtime refuses the test token as soon as any endpoint it could reach is not a loopback stand-in.
+    from shared.config import Settings
+
+    rt = runtime_module.Runtime(
+        Settings.from_env(
+            env
+            | {
+                "KEY_SOURCE": "keyvault",
+                "KEY_VAULT_URL": "https://127.0.0.1:8443",
+                "RelayStorage__queueServiceUri": "https://prod.queue.core.windows.net",
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match=r"prod\.queue\.core\.windows\.net"):
+        _ = rt.credential
 
 
 def test_consent_link_prints_the_admin_center_url() -> None:

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 from azure.storage.blob import BlobServiceClient
 
 from shared import storage
-from shared.config import LANDING_CONNECTION
+from shared.config import KNOWN_UNWRAP_ALGORITHMS, LANDING_CONNECTION
 from shared.errors import ConfigError, MetadataError, MetadataNotReady, VivaRelayError
 from shared.ingest import check_tenant, stream_drop
 from shared.keyfolder import KeyFolder, key_version
@@ -37,6 +37,25 @@ from shared.sources import BlobDropSource, DropSource, FolderDropSource
 
 from . import common
 from .keysource import add_key_source_options, key_source
+
+
+def _algorithms(text: str) -> tuple[str, ...]:
+    names = tuple(a.strip().upper() for a in text.split(",") if a.strip())
+    unknown = [n for n in names if n not in KNOWN_UNWRAP_ALGORITHMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown RSA padding {', '.join(unknown) or text!r}; choose from {', '.join(KNOWN_UNWRAP_ALGORITHMS)}"
+        )
+    return names
+
+
+def _configured_algorithms(args: argparse.Namespace) -> tuple[str, ...]:
+    """UNWRAP_ALGORITHMS (+ RSA1_5 when ALLOW_RSA1_5) from the settings, as the function uses them."""
+    env = common.load_env(args)
+    names = _algorithms(env.get("UNWRAP_ALGORITHMS", "RSA-OAEP-256,RSA-OAEP"))
+    if env.get("ALLOW_RSA1_5", "").strip().lower() in ("1", "true", "yes", "on") and "RSA1_5" not in names:
+        names = (*names, "RSA1_5")
+    return names
 
 
 def _tenant(text: str) -> str:
@@ -115,8 +134,9 @@ def register(sub: Any) -> None:
     dec.add_argument("path", metavar="PATH", help="the drop's root: a local folder, a blob URL, or container/path")
     dec.add_argument(
         "--algorithms",
-        default="RSA-OAEP-256,RSA-OAEP",
-        help="RSA paddings to try, in order (add RSA1_5 only if you must)",
+        type=_algorithms,
+        help="RSA paddings to try, in order, from RSA-OAEP-256, RSA-OAEP, RSA1_5 (default: UNWRAP_ALGORITHMS,"
+        " i.e. RSA-OAEP-256,RSA-OAEP)",
     )
     dec.add_argument("--progress", action="store_true", help="show a progress line on stderr")
     add_key_source_options(dec)
@@ -306,7 +326,7 @@ def decrypt_command(args: argparse.Namespace) -> int:
             "extraction_errors: the extraction reported errors, there is no data: " + " | ".join(metadata.errors)
         )
     check_tenant(source.location, metadata, required=tenant_required)
-    algorithms = tuple(a.strip().upper() for a in args.algorithms.split(",") if a.strip())
+    algorithms = args.algorithms or _configured_algorithms(args)
     unwrapper: KeyUnwrapper = key_source(args).unwrapper(algorithms)
     progress = common.Progress("decrypt", metadata.rows_expected, force=args.progress)
     sink = StreamSink(sys.stdout.buffer)

@@ -70,7 +70,8 @@ class KeySource:
         from shared.runtime import default_credential, keyvault_client_options
 
         credential = default_credential(self.env, target=self.vault_url)
-        return KeyVaultUnwrapper(self.vault_url, credential, algorithms, **keyvault_client_options(self.env))
+        options = keyvault_client_options(self.env, self.vault_url)
+        return KeyVaultUnwrapper(self.vault_url, credential, algorithms, **options)
 
 
 def key_source(args: argparse.Namespace) -> KeySource:
