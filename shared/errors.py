@@ -97,6 +97,12 @@ class NoDataFiles(DropError):
     code = "no_data_files"
 
 
+class ReplayMismatch(DropError):
+    """A resumed drop no longer packs as the checkpointed attempt did (skipping would lose rows)."""
+
+    code = "replay_mismatch"
+
+
 class TransientError(VivaRelayError):
     """A failure that may go away on retry (network, throttling, service unavailable)."""
 

@@ -26,9 +26,9 @@ from .errors import (
     TransientError,
 )
 from .keys import FileKey, KeyUnwrapper
-from .ledger import DELETED, DELIVERED, DropRecord, new_owner_id
+from .ledger import DELETED, DELIVERED, IN_PROGRESS, DropRecord, new_owner_id
 from .location import DropLocation, is_metadata_blob, location_from_blob
-from .messages import Envelope
+from .messages import CONTRACT_VERSION, Envelope
 from .metadata import DropMetadata, parse_metadata
 from .retry import with_retries
 from .runtime import Runtime
@@ -38,8 +38,9 @@ from .tables import utcnow
 
 log = logging.getLogger("viva_relay")
 
-#: Attempts (across retries, re-deliveries and re-checks) before a transient problem fails the drop.
-MAX_ATTEMPTS = 6
+#: Attempts (event deliveries and re-checks, each with 3 quick tries) before a transient problem fails
+#: the drop: about an hour with the default 5-minute re-check schedule.
+MAX_ATTEMPTS = 12
 
 
 @dataclass
@@ -200,7 +201,8 @@ class _Checkpointer:
         due_time = time.monotonic() - self.last_time > s.drop_lease_seconds / 3
         if due_seq or due_time:
             renewed_at = time.monotonic()
-            self.record = self.rt.ledger.heartbeat(self.record, seq, rows, s.drop_lease_seconds)
+            delivered_rows = self.sink.delivered_rows if self.sink is not None else 0
+            self.record = self.rt.ledger.heartbeat(self.record, seq, delivered_rows, s.drop_lease_seconds)
             self.valid_until = renewed_at + s.drop_lease_seconds - self._margin
             self.last_seq = seq
             self.last_time = renewed_at
@@ -273,8 +275,25 @@ def ingest_drop(
 
     def attempt() -> IngestOutcome:
         nonlocal record
-        fresh = rt.ledger.get(tenant, location.drop_id) or record
+        fresh = rt.ledger.get(tenant, location.drop_id)
+        if fresh is None or fresh.state != IN_PROGRESS or fresh.lease_owner != owner:
+            raise LeaseLost(f"drop {location.drop_id} was taken over before this attempt started")
         resume_from = fresh.checkpoint_seq
+        # A resumed drop must be packed exactly as before (same encoding, same queue), or skipping the
+        # checkpointed messages would skip rows: what the first attempt used is recorded and reused.
+        # (Recorded before the first put of the first attempt, so even messages sent before any
+        # checkpoint are re-sent identically.)
+        encoding = str(fresh.props.get("Encoding") or settings.message_encoding)
+        queue_name = str(fresh.props.get("Queue") or settings.downstream_queue)
+        # Renew the lease now: the send guard below counts from this moment.
+        fresh = rt.ledger.heartbeat(
+            fresh,
+            resume_from,
+            int(fresh.props.get("CheckpointRows", 0)),
+            settings.drop_lease_seconds,
+            extra={"Encoding": encoding, "Queue": queue_name, "PackerVersion": CONTRACT_VERSION},
+        )
+        record = fresh
         envelope = Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name)
         checkpointer = _Checkpointer(rt, fresh)
         sink: RowSink
@@ -282,12 +301,13 @@ def ingest_drop(
             sink = sink_factory(envelope, resume_from)
         else:
             sink = QueueSink(
-                rt.queue,
+                rt.queue_named(queue_name),
                 envelope,
-                settings.message_encoding,
+                encoding,
                 time_to_live=settings.message_ttl_seconds,
                 concurrency=settings.put_concurrency,
                 skip_through=resume_from,
+                skip_rows=int(fresh.props.get("CheckpointRows", 0)) if resume_from >= 0 else None,
                 before_put=checkpointer.guard,
             )
         checkpointer.sink = sink
@@ -313,7 +333,7 @@ def ingest_drop(
                 "PlaintextBytes": stats.plaintext_bytes,
                 "Seconds": round(stats.seconds, 3),
                 "MBps": round(stats.mb_per_s, 1),
-                "Encoding": settings.message_encoding,
+                "Encoding": encoding,
                 "ResumedFromSeq": resume_from,
             },
         )
@@ -353,8 +373,12 @@ def ingest_drop(
         log.warning("drop %s: %s", location.drop_id, exc)
         return IngestOutcome("skipped", location.drop_id, tenant, str(exc))
     except TransientError as exc:
+        # Give the lease back and return normally: the re-check timer resumes the drop from its
+        # checkpoint a few minutes later, so an outage neither crash-loops the trigger nor burns the
+        # retry budget in seconds.
         rt.ledger.release(record, str(exc))
-        raise
+        log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, exc)
+        return IngestOutcome("retrying", location.drop_id, tenant, str(exc), "transient")
     except Exception as exc:
         rt.ledger.release(record, f"{type(exc).__name__}: {exc}")
         raise

@@ -221,14 +221,22 @@ class DropLedger(ABC):
         raise TransientError(f"could not update drop {record.drop_id}")
 
     def heartbeat(
-        self, record: DropRecord, checkpoint_seq: int, checkpoint_rows: int, lease_seconds: int
+        self,
+        record: DropRecord,
+        checkpoint_seq: int,
+        checkpoint_rows: int,
+        lease_seconds: int,
+        *,
+        extra: dict[str, Any] | None = None,
     ) -> DropRecord:
-        """Checkpoint progress and extend the lease."""
+        """Checkpoint progress (messages and the rows they hold) and extend the lease."""
+        newer = checkpoint_seq > record.checkpoint_seq
         return self._owned_update(
             record,
-            {
+            (extra or {})
+            | {
                 "CheckpointSeq": max(checkpoint_seq, record.checkpoint_seq),
-                "CheckpointRows": max(checkpoint_rows, int(record.props.get("CheckpointRows", 0))),
+                "CheckpointRows": checkpoint_rows if newer else int(record.props.get("CheckpointRows", 0)),
                 "LeaseUntil": utcnow() + timedelta(seconds=lease_seconds),
             },
         )

@@ -104,6 +104,7 @@ class Runtime:
         #: First backoff of the in-process retry of a drop (seconds); tests shorten it.
         self.retry_delay_seconds = 1.0
         self._datafactory: dict[str, DataFactoryManagementClient] = {}
+        self._queues: dict[str, QueueClient] = {}
 
     @property
     def credential(self) -> TokenCredential:
@@ -152,19 +153,28 @@ class Runtime:
         """The landing account's name (part of every drop id)."""
         return str(self.landing.account_name or "landing")
 
-    @cached_property
+    @property
     def queue(self) -> QueueClient:
         """The downstream queue (created on first use if missing)."""
+        return self.queue_named(self.settings.downstream_queue)
+
+    def queue_named(self, name: str) -> QueueClient:
+        """A queue of the relay storage by name, created on first use (one client per name)."""
+        with self._lock:
+            client = self._queues.get(name)
+        if client is not None:
+            return client
         service = storage.queue_service(
             self.settings.env,
             RELAY_CONNECTION,
             self._maybe_credential(RELAY_CONNECTION, "queue"),
             **self.storage_kwargs,
         )
-        client = service.get_queue_client(self.settings.downstream_queue)
+        client = service.get_queue_client(name)
         with contextlib.suppress(ResourceExistsError):
             client.create_queue()
-        return client
+        with self._lock:
+            return self._queues.setdefault(name, client)
 
     def table(self, name: str) -> TableClient:
         """A table client in the relay storage."""

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueClient
 
-from .errors import LeaseLost, TransientError
+from .errors import LeaseLost, ReplayMismatch, TransientError
 from .messages import Envelope, Message, MessagePacker
 
 
@@ -44,6 +44,11 @@ class RowSink(ABC):
     @property
     def messages_sent(self) -> int:
         """Messages actually put (not counting skipped replays)."""
+        return 0
+
+    @property
+    def delivered_rows(self) -> int:
+        """Rows held by the messages up to and including ``delivered_seq``."""
         return 0
 
 
@@ -83,9 +88,12 @@ class StreamSink(RowSink):
 class PackedSink(RowSink):
     """Packs rows into queue messages; subclasses decide what ``put`` does."""
 
-    def __init__(self, envelope: Envelope, encoding: str, *, skip_through: int = -1) -> None:
+    def __init__(
+        self, envelope: Envelope, encoding: str, *, skip_through: int = -1, skip_rows: int | None = None
+    ) -> None:
         self.packer = MessagePacker(envelope, encoding)
         self.skip_through = skip_through
+        self.skip_rows = skip_rows
         self.skipped = 0
         self.message_bytes = 0
 
@@ -98,6 +106,14 @@ class PackedSink(RowSink):
 
     def _emit(self, message: Message) -> None:
         if message.seq <= self.skip_through and not message.final:
+            end = message.first_row + message.row_count
+            if message.seq == self.skip_through and self.skip_rows is not None and end != self.skip_rows:
+                # The replay does not pack as the checkpointed attempt did: skipping on would lose or
+                # repeat rows, so stop and say so instead.
+                raise ReplayMismatch(
+                    f"resuming after message {message.seq}: it now ends at row {end}, but the checkpoint"
+                    f" recorded row {self.skip_rows}; the drop must be re-sent from the start by an operator"
+                )
             self.skipped += 1
             return
         self.message_bytes += len(message.payload)
@@ -157,9 +173,12 @@ class QueueSink(PackedSink):
         time_to_live: int = -1,
         concurrency: int = 8,
         skip_through: int = -1,
+        skip_rows: int | None = None,
         before_put: Callable[[Message], None] | None = None,
     ) -> None:
-        super().__init__(envelope, encoding, skip_through=skip_through)
+        super().__init__(envelope, encoding, skip_through=skip_through, skip_rows=skip_rows)
+        self._end_rows: dict[int, int] = {}
+        self._watermark_rows = skip_rows or 0
         self.queue = queue
         self.time_to_live = time_to_live
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="queue-put")
@@ -186,9 +205,11 @@ class QueueSink(PackedSink):
             else:
                 self._sent += 1
                 self._acked.add(message.seq)
+                self._end_rows[message.seq] = message.first_row + message.row_count
                 while self._watermark + 1 in self._acked:
                     self._watermark += 1
                     self._acked.discard(self._watermark)
+                    self._watermark_rows = self._end_rows.pop(self._watermark)
         self._slots.release()
 
     def _raise_if_failed(self) -> None:
@@ -237,6 +258,12 @@ class QueueSink(PackedSink):
         """Contiguous acknowledged watermark."""
         with self._lock:
             return self._watermark
+
+    @property
+    def delivered_rows(self) -> int:
+        """Rows held by the messages up to the watermark."""
+        with self._lock:
+            return self._watermark_rows
 
     @property
     def messages_sent(self) -> int:
