@@ -21,6 +21,7 @@ from .errors import (
     LeaseLost,
     MetadataError,
     MetadataNotReady,
+    NoDataFiles,
     RowCountMismatch,
     TenantMismatch,
     TransientError,
@@ -34,7 +35,7 @@ from .retry import with_retries
 from .runtime import Runtime
 from .sinks import QueueSink, RowSink
 from .sources import BlobDropSource, DropSource
-from .tables import utcnow
+from .tables import as_utc, utcnow
 
 log = logging.getLogger("viva_relay")
 
@@ -367,6 +368,15 @@ def ingest_drop(
 
     try:
         return with_retries(attempt, attempts=3, base_delay=rt.retry_delay_seconds, what=f"drop {location.drop_id}")
+    except NoDataFiles as exc:
+        # Metadata.json may land before the data file has (a folder copy gives no order): wait for
+        # it like for a Metadata.json that is not committed yet, and give up after the same window.
+        first = as_utc(record.props.get("FirstSeen"))
+        if first is not None and utcnow() - first > timedelta(hours=settings.waiting_give_up_hours):
+            return _fail(rt, location, tenant, exc, record)
+        rt.ledger.defer(record, exc.reason)
+        log.warning("drop %s of tenant %s is waiting: %s", location.drop_id, tenant, exc.reason)
+        return IngestOutcome("waiting", location.drop_id, tenant, exc.reason, exc.code)
     except DropError as exc:
         return _fail(rt, location, tenant, exc, record)
     except LeaseLost as exc:

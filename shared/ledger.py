@@ -252,6 +252,13 @@ class DropLedger(ABC):
         """A transient failure: give the lease up now so the next attempt resumes at once."""
         return self._owned_update(record, {"LastError": reason[:4000], "LeaseUntil": utcnow() - timedelta(seconds=1)})
 
+    def defer(self, record: DropRecord, reason: str) -> DropRecord:
+        """Back to waiting (the drop is not complete in storage yet); the re-check timer looks again."""
+        return self._owned_update(
+            record,
+            {"State": WAITING, "Reason": reason[:4000], "LeaseOwner": "", "LeaseUntil": None, "Attempts": 0},
+        )
+
     def mark_failed(
         self,
         location: DropLocation,

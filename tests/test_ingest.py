@@ -341,3 +341,21 @@ def test_drop_at_container_root_ignores_a_drop_nested_below_it(azurite: Any, tmp
     second = ingest_metadata_blob(relay.rt, tenant, nested_path)
     assert (first.status, first.rows) == ("delivered", 12), first.reason
     assert (second.status, second.rows) == ("delivered", 7), second.reason
+
+
+def test_metadata_before_its_data_waits_then_delivers(relay: Relay) -> None:
+    tenant = relay.new_tenant()
+    _, path = relay.drop(tenant, rows=40)
+    name = _data_blob(relay)
+    data = relay.landing.download_blob(name).readall()
+    relay.landing.upload_blob(name, b"", overwrite=True)  # the copy has created the file, not filled it
+    first = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
+    assert (first.status, first.code) == ("waiting", "no_data_files")
+    relay.landing.delete_blob(name)  # or the file is not there at all yet
+    assert recheck_drops(relay.rt)[0].status == "waiting"
+    [record] = list(relay.rt.ledger.list(tenant=tenant))
+    assert record.state == "waiting" and "no data file" in record.props["Reason"]
+
+    relay.landing.upload_blob(name, data)
+    assert [o.status for o in recheck_drops(relay.rt)] == ["delivered"]
+    assert rows_of(relay.messages()) == expected_rows(40)
