@@ -505,12 +505,15 @@ def scan_landing(rt: Runtime) -> LandingScan:
         and r.location.container == name
         and r.location.account.lower() == rt.landing_account.lower()
     }
+    live_roots = set(accounted)  # a later run's drop at a reused root has its own (live) row
     scan = LandingScan()
     for b in blobs:
         if not is_metadata_blob(b.name):
             continue
         location = location_from_blob(rt.landing_account, name, b.name)
         record = known.get(location.drop_id)
+        if location.drop_root in live_roots:
+            continue
         if record is None:
             kind = ORPHAN_UNKNOWN
         elif record.state == DELETED:

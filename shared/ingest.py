@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +28,7 @@ from .errors import (
 )
 from .keys import FileKey, KeyUnwrapper
 from .ledger import DELETED, DELIVERED, IN_PROGRESS, DropRecord, new_owner_id
-from .location import DropLocation, is_metadata_blob, location_from_blob
+from .location import DropLocation, generation_of, is_metadata_blob, location_from_blob
 from .messages import CONTRACT_VERSION, Envelope
 from .metadata import DropMetadata, parse_metadata
 from .retry import with_retries
@@ -209,6 +209,19 @@ class _Checkpointer:
             self.last_time = renewed_at
 
 
+def _run_discriminator(md: DropMetadata) -> str:
+    """What tells one run's drop from another's at the same root."""
+    return md.extraction_result_id or md.copy_activity_id or (
+        md.job_submission_time.isoformat() if md.job_submission_time else ""
+    )
+
+
+def _same_run(record: DropRecord, md: DropMetadata) -> bool:
+    recorded = str(record.props.get("ExtractionResultId") or record.props.get("CopyActivityId") or "")
+    current = md.extraction_result_id or md.copy_activity_id
+    return not recorded or not current or recorded == current
+
+
 def _fail(
     rt: Runtime,
     location: DropLocation,
@@ -240,20 +253,34 @@ def ingest_drop(
     named = location.tenant_from_location
     tenant = named or "unknown"
     settled = rt.ledger.get(tenant, location.drop_id)
-    if settled is not None and settled.state in (DELIVERED, DELETED):
-        # A late duplicate event (Event Grid delivers at least once), possibly after cleanup.
-        return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
+    if settled is not None and settled.state not in (DELIVERED, DELETED):
+        settled = None
     raw = source.read_metadata() if metadata_bytes is None else metadata_bytes
     try:
         md = parse_metadata(raw)
-    except MetadataNotReady as exc:
+        if settled is not None:
+            if _same_run(settled, md):
+                # A late duplicate event (Event Grid delivers at least once), possibly after cleanup.
+                return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
+            # Another run's drop landed at the root of a settled one: a new drop, with its own id.
+            location = replace(location, generation=generation_of(_run_discriminator(md)))
+            source.location = location
+            log.info("drop %s: a new run's drop at a reused root %s", location.drop_id, location.url_path)
+    except (MetadataNotReady, MetadataError) as exc:
+        if settled is not None:
+            # Nothing new can be read there (a duplicate event after cleanup, say): the settled drop stands.
+            return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
+        if isinstance(exc, MetadataError):
+            return _fail(rt, location, tenant, exc, None)
         record = rt.ledger.mark_waiting(location, tenant, str(exc))
         first = record.props.get("FirstSeen")
         if first is not None and utcnow() - first > timedelta(hours=settings.waiting_give_up_hours):
             return _fail(rt, location, tenant, MetadataError(f"Metadata.json never became valid: {exc}"), None)
         return IngestOutcome("waiting", location.drop_id, tenant, str(exc))
-    except MetadataError as exc:
-        return _fail(rt, location, tenant, exc, None)
+    if location.generation:
+        again = rt.ledger.get(tenant, location.drop_id)
+        if again is not None and again.state in (DELIVERED, DELETED):
+            return IngestOutcome("skipped", location.drop_id, tenant, f"already {again.state}")
     details = _metadata_columns(md)
     try:
         check_tenant(location, md)

@@ -83,6 +83,8 @@ class DropRecord:
             account=str(self.props.get("Account", "")),
             container=str(self.props.get("Container", "")),
             drop_root=str(self.props.get("DropRoot", "")),
+            generation=str(self.props.get("Generation", "") or ""),
+            metadata_name=str(self.props.get("MetadataPath", "") or ""),
         )
 
     def lease_active(self, now: datetime) -> bool:
@@ -132,6 +134,7 @@ class DropLedger(ABC):
             "Container": location.container,
             "DropRoot": location.drop_root,
             "MetadataPath": location.metadata_path,
+            "Generation": location.generation,
             "RunId": location.run_id,
             "FirstSeen": now,
             "Attempts": 0,

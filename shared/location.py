@@ -27,10 +27,16 @@ class DropLocation:
     account: str
     container: str
     drop_root: str  # "" when Metadata.json sits at the container root
+    #: Set when a later drop reuses a root whose earlier drop is settled (see :func:`generation_of`).
+    generation: str = ""
+    #: The Metadata.json's name exactly as stored (its suffix may differ in case from the usual one).
+    metadata_name: str = ""
 
     @property
     def metadata_path(self) -> str:
         """The blob name of the drop's Metadata.json."""
+        if self.metadata_name:
+            return self.metadata_name
         return f"{self.drop_root}/{METADATA_SUFFIX}" if self.drop_root else METADATA_SUFFIX
 
     @property
@@ -42,7 +48,8 @@ class DropLocation:
     def drop_id(self) -> str:
         """A stable, URL- and Table-key-safe id for the drop."""
         ident = f"{self.account.lower()}/{self.container}/{self.drop_root}".encode()
-        return "d" + hashlib.sha256(ident).hexdigest()[:31]
+        base = "d" + hashlib.sha256(ident).hexdigest()[:31]
+        return f"{base}-{self.generation}" if self.generation else base
 
     @property
     def tenant_from_location(self) -> str | None:
@@ -85,7 +92,12 @@ def location_from_blob(account: str, container: str, blob_name: str) -> DropLoca
     if not is_metadata_blob(name):
         raise ValueError(f"{blob_name!r} is not a drop's {METADATA_SUFFIX}")
     root = name[: len(name) - len(METADATA_SUFFIX)].rstrip("/")
-    return DropLocation(account=account, container=container, drop_root=root)
+    return DropLocation(account=account, container=container, drop_root=root, metadata_name=name)
+
+
+def generation_of(discriminator: str) -> str:
+    """The generation tag of a drop that reuses a settled drop's root (8 hex digits of its run's id)."""
+    return hashlib.sha256(discriminator.encode()).hexdigest()[:8]
 
 
 def split_trigger_path(path: str) -> tuple[str, str]:

@@ -359,3 +359,39 @@ def test_metadata_before_its_data_waits_then_delivers(relay: Relay) -> None:
     relay.landing.upload_blob(name, data)
     assert [o.status for o in recheck_drops(relay.rt)] == ["delivered"]
     assert rows_of(relay.messages()) == expected_rows(40)
+
+
+def test_a_later_run_at_the_same_root_is_a_new_drop(azurite: Any, tmp_path: Any) -> None:
+    """Per-tenant container with every week's drop at the container root: each week is delivered."""
+    from shared.cleanup import find_orphans
+
+    tenant = str(uuid.uuid4())
+    relay = make_relay(azurite, tmp_path, LANDING_CONTAINER=tenant, DELETE_AFTER_DELIVERY="true")
+    relay.keys.create(tenant)
+    _, path = relay.drop(tenant, rows=11, root="")
+    week1_body = relay.landing.download_blob(path).readall()
+    week1 = ingest_metadata_blob(relay.rt, tenant, path)
+    assert week1.status == "delivered" and relay.blob_names() == []
+
+    _, path2 = relay.drop(tenant, rows=13, root="")
+    assert path2 == path
+    week2 = ingest_metadata_blob(relay.rt, tenant, path)
+    assert week2.status == "delivered", week2.reason
+    assert week2.drop_id != week1.drop_id and week2.rows == 13
+    # A late duplicate of week 1's event still changes nothing.
+    assert ingest_metadata_blob(relay.rt, tenant, path, week1_body).status == "skipped"
+    drops = {m["drop"] for m in relay.messages() if m["type"] == "complete"}
+    assert drops == {week1.drop_id, week2.drop_id}
+    assert find_orphans(relay.rt) == []
+
+
+def test_a_metadata_name_in_another_case_is_read_back_by_its_own_name(relay: Relay) -> None:
+    tenant = relay.new_tenant()
+    _, path = relay.drop(tenant, rows=9)
+    body = relay.landing.download_blob(path).readall()
+    relay.landing.delete_blob(path)
+    odd = path.replace("metadata/JobMetadata/Metadata.json", "Metadata/jobmetadata/METADATA.json")
+    relay.landing.upload_blob(odd, b"")
+    assert ingest_metadata_blob(relay.rt, relay.landing.container_name, odd).status == "waiting"
+    relay.landing.upload_blob(odd, body, overwrite=True)
+    assert [o.status for o in recheck_drops(relay.rt)] == ["delivered"]
