@@ -94,7 +94,7 @@ def main() -> int:
         print(f"  state     {state}")
         left = sum(1 for _ in rt.landing_container().list_blobs(name_starts_with=record.location.data_prefix))
         print(f"  landing   {left} blobs left for this drop in {rt.settings.landing_container}")
-        print(f"  rows      {p.get('Rows', 0):,} delivered of {p.get('RowsExpected')} in Metadata.json")
+        print(f"  rows      {p.get('Rows', 0):,} delivered of {int(p.get('RowsExpected', 0)):,} in Metadata.json")
         print(f"  messages  {p.get('Messages', 0):,} row messages + 1 completion ({p.get('Encoding')})")
         print(
             f"  speed     {p.get('MBps')} MB/s through decrypt+gunzip+validate+pack+queue "

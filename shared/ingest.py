@@ -211,8 +211,10 @@ class _Checkpointer:
 
 def _run_discriminator(md: DropMetadata) -> str:
     """What tells one run's drop from another's at the same root."""
-    return md.extraction_result_id or md.copy_activity_id or (
-        md.job_submission_time.isoformat() if md.job_submission_time else ""
+    return (
+        md.extraction_result_id
+        or md.copy_activity_id
+        or (md.job_submission_time.isoformat() if md.job_submission_time else "")
     )
 
 

@@ -26,7 +26,7 @@ def test_demo_delivers_and_prints_what_a_partner_wants_to_see() -> None:
     assert re.search(r"drop id\s+d[0-9a-f]{31}", out)
     assert re.search(r"state\s+delivered", out)
     assert "landing   0 blobs left for this drop" in out
-    assert "700 delivered of 700" in out
+    assert "700 delivered of 700 in Metadata.json" in out
     assert re.search(r"messages\s+\d+ row messages \+ 1 completion", out)
     assert re.search(r"speed\s+[\d.]+ MB/s", out)
     assert out.count('"PersonId"') == 3  # three decoded rows read back from the queue

@@ -79,6 +79,13 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except Exception as exc:
+        # An unexpected error is still one line (the traceback with -v), never a wall of text.
+        if getattr(args, "verbose", False):
+            raise
+        return fail(f"unexpected error: {type(exc).__name__}: {exc} (run with -v for details)", EXIT_PROBLEM)
 
 
 class Progress:
@@ -113,9 +120,12 @@ class Progress:
         self.stream.write(text)
         self.stream.flush()
 
-    def close(self) -> None:
-        """End the progress line."""
+    def close(self, done: int | None = None, unit: str = "rows") -> None:
+        """End the progress line (with the final count, when given)."""
         if self.enabled:
+            if done is not None:
+                self._last = 0.0
+                self.update(done, unit)
             self.stream.write("\n")
             self.stream.flush()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ from shared.sources import BlobDropSource, DropSource, FolderDropSource
 
 from . import common
 from .keysource import add_key_source_options, key_source
+
+_CONTAINER_NAME = re.compile(r"^(?!-)(?!.*--)[a-z0-9-]{3,63}(?<!-)$")
 
 
 def _algorithms(text: str) -> tuple[str, ...]:
@@ -129,7 +132,9 @@ def register(sub: Any) -> None:
         "the LandingStorage account. The file key is unwrapped in Key Vault (--vault-url, or KEY_VAULT_URL) or "
         "with a local key folder (--key-folder). Runs the same validation and decryption as the ingest "
         "function, including the tenant check for drops in storage; plaintext never touches disk. Exit 0 for a "
-        "good drop; otherwise a one-line reason on stderr and exit 1 (3: configuration, 4: Azure unreachable).",
+        "good drop; otherwise a one-line reason on stderr and exit 1 (3: configuration, 4: Azure unreachable). "
+        "Rows are written as they are decrypted, so a bad drop (say, one truncated at the end) may already have "
+        "printed some: trust the output only when the exit code is 0.",
     )
     dec.add_argument("path", metavar="PATH", help="the drop's root: a local folder, a blob URL, or container/path")
     dec.add_argument(
@@ -186,11 +191,28 @@ def simulate_command(args: argparse.Namespace) -> int:
         version = key_version(public)
     writer: DropWriter
     run_id = ""
+    if args.rows is not None and args.rows < 0:
+        return common.fail("--rows must be 0 or more", common.EXIT_USAGE)
+    size_bytes = None
+    if args.size:
+        try:
+            size_bytes = parse_size(args.size)
+        except ValueError:
+            return common.fail(f"--size {args.size!r} is not a size such as 100MB or 1GB", common.EXIT_USAGE)
     if args.out:
+        if args.out.exists() and any(args.out.iterdir()):
+            # Old part files beside a new drop would be read as its data.
+            return common.fail(f"--out {args.out} is not empty: give a new or empty folder", common.EXIT_USAGE)
         writer = FolderWriter(args.out)
         where = str(args.out)
     else:
         rt = common.runtime_from(args, {"KEY_SOURCE": "folder"})
+        if not _CONTAINER_NAME.match(args.container):
+            return common.fail(
+                f"--container {args.container!r} is not a valid container name (3-63 lower-case letters, digits,"
+                " single hyphens)",
+                common.EXIT_USAGE,
+            )
         container = rt.landing_container(args.container)
         if not container.exists():
             container.create_container()
@@ -214,7 +236,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         public_key=public,
         key_version=version,
         rows=rows,
-        size=parse_size(args.size) if args.size else None,
+        size=size_bytes,
         variant=variant,
         table_name=args.table_name,
         errors=[args.errors] if args.errors else None,
@@ -316,7 +338,7 @@ def decrypt_command(args: argparse.Namespace) -> int:
     source, tenant_required = _drop_source(args.path, env)
     raw = source.read_metadata()
     if not raw:
-        return common.fail(f"{args.path} has no metadata/JobMetadata/Metadata.json")
+        return common.fail(f"{args.path} has no metadata/JobMetadata/Metadata.json, or it is empty")
     try:
         metadata = parse_metadata(raw)
     except MetadataNotReady as exc:
@@ -330,13 +352,20 @@ def decrypt_command(args: argparse.Namespace) -> int:
     unwrapper: KeyUnwrapper = key_source(args).unwrapper(algorithms)
     progress = common.Progress("decrypt", metadata.rows_expected, force=args.progress)
     sink = StreamSink(sys.stdout.buffer)
+    done = 0
+
+    def advance(rows: int) -> None:
+        nonlocal done
+        done = rows
+        progress.update(rows)
+
     try:
-        stats = stream_drop(source, metadata, unwrapper, sink, progress=progress.update)
+        stats = stream_drop(source, metadata, unwrapper, sink, progress=advance)
     except VivaRelayError:
         sys.stdout.buffer.flush()
         raise
     finally:
-        progress.close()
+        progress.close(done)
     print(
         f"viva-relay: {stats.rows} rows, {stats.data_files} data file(s), key unwrapped with {stats.algorithm}"
         + (f" (key version {stats.key_version})" if stats.key_version else ""),

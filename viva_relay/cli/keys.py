@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from shared.keycheck import (
@@ -195,6 +196,10 @@ def _print_report(report: KeyReport) -> None:
 def check_command(args: argparse.Namespace) -> int:
     """Report on every tenant key; exit 1 when something is wrong."""
     source = key_source(args)
+    folder = Path(source.folder or "keys")
+    if not source.vault_url and not folder.is_dir():
+        # An empty report would look healthy to monitoring: a missing folder is a configuration error.
+        return common.fail(f"the key folder {folder} does not exist", common.EXIT_CONFIG)
     with source.store() as store:
         report = store.check(soon_days=args.soon_days)
     if args.json:
