@@ -261,7 +261,7 @@ class RowValidator:
     def _slow(self, lines: list[bytes]) -> list[bytes]:
         kept: list[bytes] = []
         parse = self._parser.parse
-        for i, line in enumerate(lines):
+        for line in lines:
             if not line.strip():
                 continue  # a blank line is not a row
             where = f"row {self.rows + len(kept) + 1}"
@@ -270,14 +270,14 @@ class RowValidator:
                 is_object = isinstance(doc, simdjson.Object)
                 del doc
             except UnicodeDecodeError:
-                raise BadRow(f"{where} (line {i + 1} of its chunk) is not valid UTF-8 JSON") from None
+                raise BadRow(f"{where} is not valid UTF-8 JSON") from None
             except (ValueError, RuntimeError) as exc:
                 # simdjson refuses numbers outside 64-bit/double range that JSON itself allows
                 # (e.g. 1e400, 30-digit integers); such rows are valid and pass through unchanged.
                 verdict = _stdlib_object(line)
                 if verdict is None:
                     first = str(exc).split(":")[0]
-                    raise BadRow(f"{where} (line {i + 1} of its chunk) is not valid JSON: {first}") from None
+                    raise BadRow(f"{where} is not valid JSON: {first}") from None
                 is_object = verdict
             if not is_object:
                 raise BadRow(f"{where} is valid JSON but not an object")

@@ -16,8 +16,10 @@ from typing import Any
 
 from .bytepath import RowValidator, decode_rows
 from .errors import (
+    BadRow,
     DropError,
     ExtractionFailed,
+    IntegrityError,
     LeaseLost,
     MetadataError,
     MetadataNotReady,
@@ -29,7 +31,7 @@ from .errors import (
 from .keys import FileKey, KeyUnwrapper
 from .ledger import DELETED, DELIVERED, IN_PROGRESS, DropRecord, new_owner_id
 from .location import DropLocation, generation_of, is_metadata_blob, location_from_blob
-from .messages import CONTRACT_VERSION, Envelope
+from .messages import CONTRACT_VERSION, Envelope, failure_message
 from .metadata import DropMetadata, parse_metadata
 from .retry import with_retries
 from .runtime import Runtime
@@ -144,11 +146,15 @@ def stream_drop(
     validator = RowValidator()
     for data_file in files:
         stats.ciphertext_bytes += data_file.size
-        for rows in decode_rows(source.open_chunks(data_file), file_key.key, file_key.iv, validator=validator):
-            stats.plaintext_bytes += sum(map(len, rows)) + len(rows)
-            sink.write(rows)
-            if progress is not None:
-                progress(validator.rows)
+        try:
+            for rows in decode_rows(source.open_chunks(data_file), file_key.key, file_key.iv, validator=validator):
+                stats.plaintext_bytes += sum(map(len, rows)) + len(rows)
+                sink.write(rows)
+                if progress is not None:
+                    progress(validator.rows)
+        except (IntegrityError, BadRow) as exc:
+            # Name the file: with several part files the reason alone does not say which one is bad.
+            raise type(exc)(f"data file {data_file.name}: {exc.reason}") from None
     stats.rows = validator.rows
     expected = metadata.rows_expected
     if expected is not None and expected != stats.rows:
@@ -209,6 +215,20 @@ class _Checkpointer:
             self.last_time = renewed_at
 
 
+def _announce_failure(rt: Runtime, record: DropRecord, envelope: Envelope, exc: DropError) -> None:
+    """Tell consumers that rows already sent for this drop are not to be used (best effort)."""
+    fresh = rt.ledger.get(record.tenant, record.drop_id) or record
+    encoding = str(fresh.props.get("Encoding") or "")
+    if not encoding:
+        return  # no attempt got as far as sending
+    try:
+        queue = rt.queue_named(str(fresh.props.get("Queue") or rt.settings.downstream_queue))
+        payload = failure_message(envelope, encoding, exc.code, exc.reason)
+        queue.send_message(payload, time_to_live=rt.settings.message_ttl_seconds)
+    except Exception:  # the ledger still records the failure; consumers also see no completion
+        log.exception("drop %s: the failed message could not be sent", record.drop_id)
+
+
 def _run_discriminator(md: DropMetadata) -> str:
     """What tells one run's drop from another's at the same root."""
     return (
@@ -248,7 +268,7 @@ def ingest_drop(
     """Ingest one drop into the downstream queue, recording every step in the ledger.
 
     Permanent problems end as a failed drop with the reason (and a normal return: no crash loop);
-    transient ones give the lease back and raise :class:`TransientError` for the host to retry.
+    transient ones give the lease back and return "retrying": the re-check timer resumes the drop.
     """
     settings = rt.settings
     location = source.location
@@ -407,6 +427,7 @@ def ingest_drop(
         log.warning("drop %s of tenant %s is waiting: %s", location.drop_id, tenant, exc.reason)
         return IngestOutcome("waiting", location.drop_id, tenant, exc.reason, exc.code)
     except DropError as exc:
+        _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), exc)
         return _fail(rt, location, tenant, exc, record)
     except LeaseLost as exc:
         log.warning("drop %s: %s", location.drop_id, exc)

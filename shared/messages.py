@@ -186,3 +186,18 @@ class MessagePacker:
         if len(payload) > self.limit:
             raise ValueError("the completion message does not fit one queue message")
         return Message(seq=self.seq, first_row=self.rows, row_count=0, payload=payload, final=True)
+
+
+def failure_message(envelope: Envelope, encoding: str, code: str, reason: str) -> str:
+    """The ``failed`` message: the drop's rows sent so far are not to be used (it has no ``seq``)."""
+    doc = {
+        "type": "failed",
+        "v": CONTRACT_VERSION,
+        "tenant": envelope.tenant,
+        "drop": envelope.drop,
+        "table": envelope.table,
+        "seq": None,
+        "code": code,
+        "reason": reason[:2000],
+    }
+    return encode_body(json.dumps(doc, separators=(",", ":")).encode("utf-8"), encoding)

@@ -131,7 +131,19 @@ def _assert_failed(relay: Relay, tenant: str, code: str, words: str, before: lis
     assert record.props["ReasonCode"] == code
     assert words in record.props["Reason"]
     assert relay.blob_names() == before  # nothing deleted
-    assert not [m for m in relay.messages() if m["type"] == "complete"]
+    messages = relay.messages()
+    assert not [m for m in messages if m["type"] == "complete"]
+    # Once an attempt has started, consumers are told not to use what was sent: one `failed` message.
+    failed = [m for m in messages if m["type"] == "failed"]
+    started = code in (
+        "integrity",
+        "bad_row",
+        "row_count_mismatch",
+        "row_too_large",
+        "key_unwrap_failed",
+        "key_not_found",
+    )
+    assert [(m["code"], m["seq"]) for m in failed] == ([(code, None)] if started else [])
 
 
 def test_extraction_errors_recorded_and_stopped(function_env: Relay) -> None:

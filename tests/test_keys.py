@@ -698,4 +698,5 @@ def test_wrong_or_disabled_key_fails_the_drop_with_a_clear_reason(
         assert "could not be unwrapped" in record.props["Reason"]
     else:
         assert "refused to decrypt" in record.props["Reason"] and "enabled" in record.props["Reason"]
-    assert read_queue(relay.rt.queue) == []
+    # No row was sent; consumers get only the drop's `failed` message.
+    assert [(m["type"], m["code"]) for m in read_queue(relay.rt.queue)] == [("failed", "key_unwrap_failed")]
