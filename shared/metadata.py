@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import email.utils
 import json
 import re
 from dataclasses import dataclass
@@ -158,6 +160,9 @@ def parse_time(value: object, name: str) -> datetime | None:
     s = value.strip()
     if re.fullmatch(r"\d{9,13}", s):
         return parse_time(int(s), name)
+    dotnet = re.fullmatch(r"/Date\((-?\d+)([+-]\d{4})?\)/", s)  # .NET JSON dates: /Date(1642291200000)/
+    if dotnet:
+        return datetime.fromtimestamp(int(dotnet.group(1)) / 1000, tz=UTC)
     iso = s.replace("Z", "+00:00").replace("z", "+00:00")
     # .NET writes up to 7 fractional digits; Python accepts at most 6.
     iso = re.sub(r"(\.\d{6})\d+", r"\1", iso)
@@ -167,6 +172,9 @@ def parse_time(value: object, name: str) -> datetime | None:
         except ValueError:
             continue
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    with contextlib.suppress(TypeError, ValueError):  # RFC 2822: "Sun, 16 Jan 2022 00:00:00 GMT"
+        rfc = email.utils.parsedate_to_datetime(s)
+        return rfc if rfc.tzinfo else rfc.replace(tzinfo=UTC)
     for fmt in ("%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y"):
         try:
             return datetime.strptime(s, fmt).replace(tzinfo=UTC)
@@ -238,6 +246,8 @@ def parse_metadata(raw: bytes | str) -> DropMetadata:
     d = _fold(doc, "Metadata.json")
 
     tenant = _text(d, "TenantId", required=True)
+    if tenant.startswith("{") and tenant.endswith("}"):
+        tenant = tenant[1:-1]  # the registry form of a GUID, {xxxxxxxx-...}
     if not GUID_RE.match(tenant):
         raise MetadataError(f"TenantId {tenant!r} is not a GUID")
     errors = _errors(d.get("errors"))

@@ -642,3 +642,16 @@ def test_delete_drop_skips_every_state_but_delivered(relay: Relay) -> None:
         record.props["State"] = state
         assert delete_drop(relay.rt, record).status == "skipped"
     assert relay.blob_names() == names
+
+
+def test_list_json_is_machine_readable(azurite: Any, tmp_path: Path, here: Cli) -> None:
+    relay = make_relay(azurite, tmp_path)
+    tenant = relay.new_tenant()
+    _, path = relay.drop(tenant, rows=12)
+    delivered = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
+    done = here(relay, "list", "--json")
+    assert done.returncode == 0, done.stderr
+    [doc] = json.loads(done.stdout)
+    assert doc["drop_id"] == delivered.drop_id and doc["state"] == "delivered"
+    assert doc["rows"] == 12 and doc["rows_expected"] == 12 and isinstance(doc["messages"], int)
+    assert doc["reason"] is None and doc["first_seen"].startswith("20")

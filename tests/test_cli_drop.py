@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -272,3 +273,19 @@ def test_simulate_from_a_rows_file_passes_rows_byte_for_byte(workspace: Path, tm
     dec = cli("drop", "decrypt", str(out), "--key-folder", str(workspace / "keys"))
     assert dec.returncode == 0, dec.stderr
     assert dec.stdout.splitlines() == rows
+
+
+def test_simulate_into_azurite_then_ingest_like_the_function(relay: Any) -> None:
+    tenant = relay.new_tenant()
+    env = {**relay.env}
+    container = relay.landing.container_name
+    made = cli("drop", "simulate", "--tenant", tenant, "--rows", "60", "--container", container, env=env)
+    assert made.returncode == 0, made.stderr
+    where = json.loads(made.stdout)["where"]
+    first = cli("drop", "ingest", where, env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["status"] == "delivered" and json.loads(first.stdout)["rows"] == 60
+    again = cli("drop", "ingest", where + "/metadata/JobMetadata/Metadata.json", env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)["status"] == "skipped"
+    other = cli("drop", "ingest", "elsewhere/x", env=env)
+    assert other.returncode == 2 and b"not the landing container" in other.stderr

@@ -70,7 +70,16 @@ def test_counts_as_strings_or_numbers(count: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["2026-11-23", "2026-11-23 06:00:00", 1795420800, "1795420800000", "11/23/2026 6:00:00 AM"]
+    "value",
+    [
+        "2026-11-23",
+        "2026-11-23 06:00:00",
+        1795420800,
+        "1795420800000",
+        "11/23/2026 6:00:00 AM",
+        "/Date(1795420800000)/",
+        "Mon, 23 Nov 2026 06:00:00 GMT",
+    ],
 )
 def test_dates_parse_tolerantly(value: Any) -> None:
     md = parse(doc(JobCompletionTime=value))
@@ -151,3 +160,7 @@ def test_conflicting_duplicate_case_fields() -> None:
     raw = json.dumps(doc()).replace('"TableName"', '"tablename": "X", "TableName"', 1).encode()
     with pytest.raises(MetadataError, match="twice"):
         parse_metadata(raw)
+
+
+def test_tenant_id_in_braces() -> None:
+    assert parse(doc(TenantId="{" + TENANT.upper() + "}")).tenant_id == TENANT

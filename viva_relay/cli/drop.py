@@ -147,6 +147,19 @@ def register(sub: Any) -> None:
     add_key_source_options(dec)
     dec.set_defaults(handler=decrypt_command)
 
+    ing = cmds.add_parser(
+        "ingest",
+        help="deliver a drop in the landing container now, exactly as the blob-triggered function does",
+        description="Run the ingest function's own code on a drop in the landing storage (LandingStorage, "
+        "LANDING_CONTAINER), as if its Metadata.json event had just arrived: claim it in the ledger, unwrap the "
+        "key, stream the rows into the downstream queue, record the outcome. For local trials on Azurite and to "
+        "re-deliver an event by hand. PATH is container/<drop root> or the Metadata.json blob's path. Exit 0 "
+        "when delivered (or already delivered), 1 when the drop failed, 4 when it is waiting or will be retried.",
+    )
+    ing.add_argument("path", metavar="PATH", help="container/<drop root> or container/<...>/Metadata.json")
+    common.add_settings_option(ing)
+    ing.set_defaults(handler=ingest_command)
+
 
 def _key_folder(args: argparse.Namespace) -> Path:
     if args.key_folder:
@@ -372,3 +385,25 @@ def decrypt_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return common.EXIT_OK
+
+
+def ingest_command(args: argparse.Namespace) -> int:
+    """Ingest one drop of the landing container into the downstream queue."""
+    from shared.ingest import ingest_metadata_blob
+
+    container, _, blob = args.path.strip("/").partition("/")
+    if not is_metadata_blob(blob):
+        blob = f"{blob.rstrip('/')}/{METADATA_SUFFIX}" if blob else METADATA_SUFFIX
+    rt = common.runtime_from(args)
+    if container != rt.settings.landing_container:
+        return common.fail(
+            f"{container} is not the landing container {rt.settings.landing_container} (LANDING_CONTAINER)",
+            common.EXIT_USAGE,
+        )
+    outcome = ingest_metadata_blob(rt, container, blob)
+    print(json.dumps(outcome.as_dict(), indent=2, default=str))
+    if outcome.status in ("delivered", "skipped"):
+        return common.EXIT_OK
+    if outcome.status == "failed":
+        return common.fail(f"{outcome.code}: {outcome.reason}")
+    return common.fail(f"{outcome.status}: {outcome.reason}", common.EXIT_TRANSIENT)

@@ -123,7 +123,24 @@ def list_command(args: argparse.Namespace) -> int:
         for r in records
     ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        # Machine-readable: full values, snake_case keys, numbers as numbers, nulls where unknown.
+        docs = [
+            {
+                "drop_id": r.drop_id,
+                "tenant": r.tenant,
+                "state": r.state,
+                "deleting": bool(r.props.get("DeletingOwner")),
+                "rows": r.props.get("Rows"),
+                "rows_expected": r.props.get("RowsExpected"),
+                "messages": r.props.get("Messages"),
+                "first_seen": _text(r.props["FirstSeen"]) if r.props.get("FirstSeen") else None,
+                "reason_code": r.props.get("ReasonCode") or None,
+                "reason": _reason(r) or None,
+                "location": r.location.url_path,
+            }
+            for r in records
+        ]
+        print(json.dumps(docs, indent=2, default=str))
     else:
         common.print_table(rows, ["drop id", "tenant", "state", "rows", "messages", "first seen", "reason"])
     return common.EXIT_OK

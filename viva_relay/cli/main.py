@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("azure").setLevel(logging.ERROR)
+        # Commands report outcomes themselves in one line; the library's log repeats them (see -v).
+        logging.getLogger("viva_relay").setLevel(logging.CRITICAL)
     handler: common.Handler = args.handler
     return common.run_handler(handler, args)
 

@@ -124,6 +124,14 @@ def add_command(args: argparse.Namespace) -> int:
         consent_date=args.consent_date,
     )
     stored = _registry(args).add(tenant, replace_existing=args.replace)
+    expires = stored.consent_expires()
+    if expires is not None and expires <= date.today():
+        # Registered all the same (the record is right), but runs will fail until the admin approves again.
+        print(
+            f"viva-relay: warning: the consent given on {stored.consent_date} expired on {expires}; send the"
+            " customer's admin a new consent link (viva-relay consent-link)",
+            file=sys.stderr,
+        )
     if args.json:
         _print(stored)
     else:
