@@ -43,6 +43,16 @@ def _soon(text: str) -> int:
     return value
 
 
+def _add_expiry(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--expires-in",
+        type=_days,
+        default=DEFAULT_EXPIRY_DAYS,
+        metavar="DAYS",
+        help=f"days until the key expires (default {DEFAULT_EXPIRY_DAYS})",
+    )
+
+
 def register(sub: Any) -> None:
     """Add the ``keys`` command group."""
     parser: argparse.ArgumentParser = sub.add_parser(
@@ -63,13 +73,7 @@ def register(sub: Any) -> None:
         "--rotate, which adds a new version and keeps the old one for drops still in flight.",
     )
     create.add_argument("--tenant", required=True, type=_tenant, help="customer tenant id (the key's name)")
-    create.add_argument(
-        "--expires-in",
-        type=_days,
-        default=DEFAULT_EXPIRY_DAYS,
-        metavar="DAYS",
-        help=f"days until the key expires (default {DEFAULT_EXPIRY_DAYS})",
-    )
+    _add_expiry(create)
     create.add_argument("--rotate", action="store_true", help="add a new version to an existing key")
     add_key_source_options(create)
     create.set_defaults(handler=create_command)
@@ -90,13 +94,7 @@ def register(sub: Any) -> None:
         metavar="VAR",
         help="name of an environment variable holding the PEM's passphrase (default: prompt if needed)",
     )
-    imp.add_argument(
-        "--expires-in",
-        type=_days,
-        default=DEFAULT_EXPIRY_DAYS,
-        metavar="DAYS",
-        help=f"days until the key expires (default {DEFAULT_EXPIRY_DAYS})",
-    )
+    _add_expiry(imp)
     imp.add_argument("--rotate", action="store_true", help="add it as a new version of an existing key")
     add_key_source_options(imp)
     imp.set_defaults(handler=import_command)
