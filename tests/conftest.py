@@ -13,6 +13,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient
 
 from devtools.azurite import Azurite
+from devtools.keyvault_standin import KeyVaultStandIn
 from shared.config import Settings
 from shared.keyfolder import KeyFolder
 from shared.messages import decode_message
@@ -129,6 +130,14 @@ def make_relay(azurite: Azurite, tmp: Path, **overrides: str) -> Relay:
 def relay(azurite: Azurite, tmp_path: Path) -> Relay:
     """A fresh relay (own container, queue and tables) against the session's Azurite."""
     return make_relay(azurite, tmp_path)
+
+
+@pytest.fixture
+def kv() -> Iterator[KeyVaultStandIn]:
+    """A Key Vault stand-in (small pages, so listing exercises paging); it must log no server error."""
+    with KeyVaultStandIn(page_size=2) as standin:
+        yield standin
+    assert standin.server_errors == []
 
 
 @pytest.fixture

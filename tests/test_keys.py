@@ -66,13 +66,6 @@ def key_3072() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture
-def kv() -> Iterator[KeyVaultStandIn]:
-    with KeyVaultStandIn(page_size=2) as standin:
-        yield standin
-    assert standin.server_errors == []
-
-
-@pytest.fixture
 def vault(kv: KeyVaultStandIn) -> Iterator[VaultKeys]:
     with VaultKeys(kv.url, kv.credential, **kv.client_kwargs(), **FAST_RETRY) as keys:
         yield keys

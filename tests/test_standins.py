@@ -55,13 +55,6 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture
-def kv() -> Iterator[KeyVaultStandIn]:
-    with KeyVaultStandIn(page_size=2) as standin:
-        yield standin
-    assert standin.server_errors == []
-
-
-@pytest.fixture
 def adf() -> Iterator[DataFactoryStandIn]:
     with DataFactoryStandIn() as standin:
         yield standin
