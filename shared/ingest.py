@@ -319,9 +319,9 @@ def ingest_drop(
     record = claim.record
     if int(record.props.get("Attempts", 1)) > MAX_ATTEMPTS:
         last = str(record.props.get("LastError", "unknown error"))
-        return _fail(
-            rt, location, tenant, DropError(f"gave up after {MAX_ATTEMPTS} attempts; last error: {last}"), record
-        )
+        gave_up = DropError(f"gave up after {MAX_ATTEMPTS} attempts; last error: {last}")
+        _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), gave_up)
+        return _fail(rt, location, tenant, gave_up, record)
 
     def attempt() -> IngestOutcome:
         nonlocal record

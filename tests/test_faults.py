@@ -264,6 +264,9 @@ def test_outage_beyond_the_retry_budget_fails_visibly_then_reprocess_finishes(az
         [record] = list(relay.rt.ledger.list(tenant=tenant))
         assert record.state == "failed" and "Key Vault" in record.props["Reason"]
         assert path in relay.blob_names()  # a failed drop is kept
+        # Consumers are told (nothing was sent, yet the drop is known to have failed).
+        [failed] = raw_messages(relay)
+        assert failed["type"] == "failed" and failed["drop"] == record.drop_id and "gave up" in failed["reason"]
 
         vault.set_available(True)
         assert reprocess_drop(relay.rt, record.drop_id).status == "delivered"
