@@ -87,14 +87,26 @@ class KeyFolder:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.path = Path(folder)
+        self._loaded: dict[Path, tuple[tuple[int, int], rsa.RSAPrivateKey]] = {}
 
     def current_path(self, tenant_id: str) -> Path:
         """Path of the tenant's current key."""
         return self.path / f"{_check_tenant(tenant_id)}.pem"
 
     def load(self, path: Path) -> rsa.RSAPrivateKey:
-        """Load one PEM private key (unencrypted)."""
-        return load_private_pem(path.read_bytes(), None, source=str(path))
+        """Load one PEM private key (unencrypted); cached while the file is unchanged.
+
+        Loading checks the key's primes, about 0.1 s each time: a worker would otherwise pay it for
+        every version of the tenant's key, for every padding it tries, for every drop.
+        """
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._loaded.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        key = load_private_pem(path.read_bytes(), None, source=str(path))
+        self._loaded[path] = (stamp, key)
+        return key
 
     def versions(self, tenant_id: str) -> dict[str, Path]:
         """Every key of the tenant by version, the current one first."""
