@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken, AccessTokenInfo, SupportsTokenInfo, TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
-from azure.keyvault.keys import JsonWebKey, KeyClient, KeyType
+from azure.keyvault.keys import KeyClient, KeyType
 from azure.keyvault.keys.crypto import CryptographyClient, EncryptionAlgorithm
 from azure.mgmt.datafactory import DataFactoryManagementClient
 from azure.mgmt.datafactory.models import RunFilterParameters, RunQueryFilter
@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from devtools.datafactory_standin import DataFactoryStandIn
 from devtools.keyvault_standin import KeyVaultStandIn, b64url_decode, b64url_encode
 from devtools.tls import StaticTokenCredential, generate_self_signed_cert
+from shared.keyvault_admin import private_jwk
 
 # Small retry settings so that retried faults cost milliseconds, not the SDK's default backoff.
 FAST_RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}
@@ -92,26 +93,6 @@ def _raw(
 def _error_code(exc: HttpResponseError) -> str | None:
     assert exc.error is not None
     return exc.error.code
-
-
-def _jwk_from_private_key(private_key: rsa.RSAPrivateKey) -> JsonWebKey:
-    def raw(value: int) -> bytes:
-        return value.to_bytes((value.bit_length() + 7) // 8, "big")
-
-    nums = private_key.private_numbers()
-    pub = nums.public_numbers
-    return JsonWebKey(
-        kty=KeyType.rsa,
-        key_ops=["decrypt", "unwrapKey", "encrypt", "wrapKey"],
-        n=raw(pub.n),
-        e=raw(pub.e),
-        d=raw(nums.d),
-        p=raw(nums.p),
-        q=raw(nums.q),
-        dp=raw(nums.dmp1),
-        dq=raw(nums.dmq1),
-        qi=raw(nums.iqmp),
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,7 +171,7 @@ def test_create_rsa_key_with_expiry(kv: KeyVaultStandIn) -> None:
 def test_import_key_from_cryptography_private_key(kv: KeyVaultStandIn, rsa_key: rsa.RSAPrivateKey) -> None:
     expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
     with _key_client(kv) as client:
-        imported = client.import_key(TENANT_A, _jwk_from_private_key(rsa_key), expires_on=expires)
+        imported = client.import_key(TENANT_A, private_jwk(rsa_key), expires_on=expires)
         fetched = client.get_key(TENANT_A)
 
     assert imported.id == fetched.id
@@ -266,7 +247,7 @@ def test_begin_delete_key_polls_deleted_key_and_blocks_name_reuse(
             client.get_key(TENANT_A)
         assert _error_code(info.value) == "KeyNotFound"
         with pytest.raises(ResourceExistsError):
-            client.import_key(TENANT_A, _jwk_from_private_key(rsa_key))
+            client.import_key(TENANT_A, private_jwk(rsa_key))
         client.purge_deleted_key(TENANT_A)
 
     assert [(r.method, r.path) for r in kv.requests[:2]] == [
