@@ -185,27 +185,46 @@ class DropLedger(ABC):
                 continue
         raise TransientError(f"could not claim drop {location.drop_id}: too much contention")
 
-    def mark_waiting(
-        self, location: DropLocation, tenant: str, reason: str, *, now: datetime | None = None
+    def _record_state(
+        self,
+        location: DropLocation,
+        tenant: str,
+        changes: dict[str, Any],
+        may_change: Callable[[DropRecord, datetime], bool],
+        what: str,
     ) -> DropRecord:
-        """Record that the Metadata.json is not ready yet (only for new or waiting drops)."""
+        """Create the drop's row with ``changes``, or apply them to a row ``may_change`` accepts.
+
+        ETag-guarded: on a lost race the row is read again and re-checked. A row it does not accept
+        is returned unchanged.
+        """
         for _ in range(10):
-            now = now or utcnow()
-            record = self.get(tenant, location.drop_id)
-            if record is None:
-                props = self._base(location, tenant, now) | {"State": WAITING, "Reason": reason}
+            now = utcnow()
+            current = self.get(tenant, location.drop_id)
+            if current is None:
                 try:
-                    return self._insert(DropRecord(tenant, location.drop_id, props))
+                    return self._insert(
+                        DropRecord(tenant, location.drop_id, self._base(location, tenant, now) | changes)
+                    )
                 except ResourceExistsError:
                     continue
-            if record.state != WAITING and not (record.state == IN_PROGRESS and not record.lease_active(now)):
-                return record
-            record.props.update({"State": WAITING, "Reason": reason, "LeaseOwner": "", "UpdatedAt": now})
+            if not may_change(current, now):
+                return current
+            current.props.update(changes | {"UpdatedAt": now})
             try:
-                return self._replace(record)
+                return self._replace(current)
             except ResourceModifiedError:
                 continue
-        raise TransientError(f"could not record drop {location.drop_id} as waiting")
+        raise TransientError(f"could not record drop {location.drop_id} as {what}")
+
+    def mark_waiting(self, location: DropLocation, tenant: str, reason: str) -> DropRecord:
+        """Record that the Metadata.json is not ready yet (only for new or waiting drops)."""
+
+        def new_or_waiting(row: DropRecord, now: datetime) -> bool:
+            return row.state == WAITING or (row.state == IN_PROGRESS and not row.lease_active(now))
+
+        changes = {"State": WAITING, "Reason": reason, "LeaseOwner": ""}
+        return self._record_state(location, tenant, changes, new_or_waiting, "waiting")
 
     def _owned_update(self, record: DropRecord, changes: dict[str, Any]) -> DropRecord:
         """Apply ``changes`` to a drop we hold the lease of; LeaseLost if someone took it over."""
@@ -283,39 +302,12 @@ class DropLedger(ABC):
         }
         if record is not None and record.state == IN_PROGRESS and record.lease_owner:
             return self._owned_update(record, changes)
-        for _ in range(10):
-            now = utcnow()
-            current = self.get(tenant, location.drop_id)
-            if current is None:
-                props = self._base(location, tenant, now) | changes
-                try:
-                    return self._insert(DropRecord(tenant, location.drop_id, props))
-                except ResourceExistsError:
-                    continue
-            if current.state in (DELIVERED, DELETED) or current.lease_active(now):
-                return current  # never downgrade a delivered drop or disturb a live attempt
-            current.props.update(changes)
-            try:
-                return self._replace(current)
-            except ResourceModifiedError:
-                continue
-        raise TransientError(f"could not record drop {location.drop_id} as failed")
 
-    def transition(self, record: DropRecord, expect: tuple[str, ...], changes: dict[str, Any]) -> DropRecord | None:
-        """Change a drop whose state is one of ``expect`` (ETag-guarded); None if it moved on."""
-        for _ in range(10):
-            if record.state not in expect:
-                return None
-            record.props.update(changes)
-            record.props["UpdatedAt"] = utcnow()
-            try:
-                return self._replace(record)
-            except ResourceModifiedError:
-                fresh = self.get(record.tenant, record.drop_id)
-                if fresh is None:
-                    return None
-                record = fresh
-        return None
+        def may_fail(row: DropRecord, now: datetime) -> bool:
+            # Never downgrade a delivered drop or disturb a live attempt.
+            return row.state not in (DELIVERED, DELETED) and not row.lease_active(now)
+
+        return self._record_state(location, tenant, changes, may_fail, "failed")
 
     # -- deletion and reprocessing (cleanup and the CLI) ----------------------------------------
 
