@@ -146,7 +146,7 @@ class DataFactoryStandIn(HttpsStandIn):
         *,
         initial_status: str = "Queued",
         default_statuses: Sequence[ScriptedStatus] = (),
-        token: str = "stand-in-token",
+        token: str | None = None,
     ) -> None:
         super().__init__(token=token)
         if initial_status not in RUN_STATUSES:

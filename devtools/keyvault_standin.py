@@ -188,7 +188,7 @@ class KeyVaultStandIn(HttpsStandIn):
         *,
         page_size: int = 2,
         tenant_id: str = "00000000-0000-0000-0000-000000000000",
-        token: str = "stand-in-token",
+        token: str | None = None,
     ) -> None:
         super().__init__(token=token)
         if page_size < 1:

@@ -11,9 +11,11 @@ Only loopback is ever bound; nothing here talks to the network.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import ipaddress
 import json
 import os
+import secrets
 import socket
 import socketserver
 import ssl
@@ -188,11 +190,20 @@ class RecordedRequest(NamedTuple):
 
 @dataclass
 class Reply:
-    """An HTTP answer: ``body`` is JSON-serialised when not None (None means an empty body)."""
+    """An HTTP answer: ``body`` is JSON-serialised when not None (None means an empty body).
+
+    ``injected``: the answer is a fault a test asked for (:meth:`HttpsStandIn.fail_next`, an outage).
+    """
 
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    injected: bool = False
+
+
+#: Every stand-in started in this process, in order; the test suite checks each one served no 5xx of its
+#: own making (see tests/conftest.py).
+STARTED: list[HttpsStandIn] = []
 
 
 @dataclass
@@ -315,16 +326,23 @@ class HttpsStandIn:
     injection and dispatch; requests without one get the subclass's 401 (counted in
     :attr:`challenges`, not recorded, and never consuming an injected fault). Bugs in a stand-in
     answer 500 and are kept in :attr:`server_errors`.
+
+    The bearer token must be the one :attr:`credential` hands out: another token gets a 401 (counted in
+    :attr:`rejected_tokens`, not recorded), as Azure answers a token it did not issue. Every 5xx the
+    stand-in answered that no test injected is listed in :attr:`uninjected_5xx`.
     """
 
     #: error code for a body that is not JSON
     bad_json_code = "BadRequest"
 
-    def __init__(self, *, token: str = "stand-in-token") -> None:
-        self.credential = StaticTokenCredential(token)
+    def __init__(self, *, token: str | None = None) -> None:
+        # A fresh token per stand-in (unless a test names one), so a client holding another one is refused.
+        self.credential = StaticTokenCredential(token if token is not None else secrets.token_urlsafe(16))
         self.requests: list[RecordedRequest] = []
         self.challenges = 0
+        self.rejected_tokens = 0
         self.server_errors: list[str] = []
+        self.uninjected_5xx: list[str] = []
         self.url = ""
         self.cert_path = ""
         self.key_path = ""
@@ -354,6 +372,7 @@ class HttpsStandIn:
             daemon=True,
         )
         self._thread.start()
+        STARTED.append(self)
 
     def close(self) -> None:
         """Stop serving, drop open keep-alive connections and delete the certificate files."""
@@ -417,23 +436,33 @@ class HttpsStandIn:
         """The answer to a request without a bearer token."""
         return error_reply(401, "Unauthorized", "The request carries no bearer token.")
 
+    def _invalid_token(self) -> Reply:
+        """The answer to a bearer token this stand-in did not issue (Azure's wording)."""
+        return error_reply(401, "InvalidAuthenticationToken", "The access token is invalid.")
+
     def _dispatch(self, request: RecordedRequest, headers: dict[str, str]) -> Reply:
         """Serve an authenticated, recorded request that no fault intercepted."""
         raise NotImplementedError
 
     def _fault_reply(self, status: int, message: str) -> Reply:
         headers = {"Retry-After": "0"} if status in (429, 503) else {}
-        return error_reply(status, _FAULT_CODES.get(status, f"Error{status}"), message, headers)
+        reply = error_reply(status, _FAULT_CODES.get(status, f"Error{status}"), message, headers)
+        reply.injected = True
+        return reply
 
     # -- request processing ----------------------------------------------------------------------
     def _process(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply:
         try:
-            return self._process_unsafe(method, target, headers, raw)
+            reply = self._process_unsafe(method, target, headers, raw)
         except Exception as exc:
             text = "".join(traceback.format_exception(exc))
             with self._lock:
                 self.server_errors.append(text)
-            return error_reply(500, "InternalServerError", f"stand-in bug: {exc!r}")
+            reply = error_reply(500, "InternalServerError", f"stand-in bug: {exc!r}")
+        if reply.status >= 500 and not reply.injected:
+            with self._lock:
+                self.uninjected_5xx.append(f"{method} {urlsplit(target).path}: {reply.status} {reply.body}")
+        return reply
 
     def _process_unsafe(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Reply:
         parts = urlsplit(target)
@@ -445,6 +474,10 @@ class HttpsStandIn:
             with self._lock:
                 self.challenges += 1
             return self._unauthorized()
+        if not hmac.compare_digest(token.strip().encode(), self.credential.token.encode()):
+            with self._lock:
+                self.rejected_tokens += 1
+            return self._invalid_token()
 
         body: Any = None
         bad_json = False

@@ -14,6 +14,7 @@ from azure.storage.queue import QueueClient
 
 from devtools.azurite import Azurite
 from devtools.keyvault_standin import KeyVaultStandIn
+from devtools.tls import STARTED
 from shared.config import Settings
 from shared.keyfolder import KeyFolder
 from shared.messages import decode_message
@@ -30,6 +31,20 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("fault injection")
         for line in FAULT_REPORTS:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(autouse=True)
+def standins_served_no_errors_of_their_own() -> Iterator[None]:
+    """Every Key Vault / Data Factory stand-in a test started answered no 5xx that the test did not inject.
+
+    A stand-in bug must never pass for an Azure outage that the code under test then "handles".
+    """
+    first = len(STARTED)
+    yield
+    started = STARTED[first:]
+    del STARTED[first:]
+    for standin in started:
+        assert standin.uninjected_5xx == [], f"{type(standin).__name__} served 5xx of its own: {standin.uninjected_5xx}"
 
 
 @pytest.fixture(scope="session")

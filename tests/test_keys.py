@@ -90,7 +90,7 @@ def cli(
     """The real entry point in a subprocess; with ``kv``, trusting the stand-in (test hooks only)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("KEY_SOURCE", "KEY_VAULT_URL", "KEY_FOLDER")}
     if kv is not None:
-        full_env |= {"REQUESTS_CA_BUNDLE": kv.cert_path, "VIVA_RELAY_TEST_TOKEN": "stand-in-token"}
+        full_env |= {"REQUESTS_CA_BUNDLE": kv.cert_path, "VIVA_RELAY_TEST_TOKEN": kv.credential.token}
     full_env |= env or {}
     return subprocess.run(
         [sys.executable, "-m", "viva_relay", *args],
@@ -397,7 +397,7 @@ def test_cli_import_prompts_for_the_passphrase_in_a_terminal(
     pem.write_bytes(pem_of(key_b, PASSPHRASE, pkcs1=True))
     tenant = new_tenant()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEY_")}
-    env |= {"REQUESTS_CA_BUNDLE": kv.cert_path, "VIVA_RELAY_TEST_TOKEN": "stand-in-token"}
+    env |= {"REQUESTS_CA_BUNDLE": kv.cert_path, "VIVA_RELAY_TEST_TOKEN": kv.credential.token}
     terminal, terminal_end = os.openpty()  # stdin is a terminal, as for an operator at a shell
     with subprocess.Popen(
         [

@@ -580,7 +580,7 @@ def test_runs_cli_start_and_follow_reach_the_stand_in_from_a_subprocess(sched: S
     tenant = sched.add("Subprocess")
     env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
     env |= sched.relay.env | factory_env(sched.adf)
-    env |= {"REQUESTS_CA_BUNDLE": sched.adf.cert_path, "VIVA_RELAY_TEST_TOKEN": "cli-test-token"}
+    env |= {"REQUESTS_CA_BUNDLE": sched.adf.cert_path, "VIVA_RELAY_TEST_TOKEN": sched.adf.credential.token}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

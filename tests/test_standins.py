@@ -141,6 +141,43 @@ def test_kv_answers_challenge_without_token_and_shuts_down(tmp_path: Path) -> No
     assert not cert_path.exists()
 
 
+def test_kv_refuses_a_token_it_did_not_issue(kv: KeyVaultStandIn) -> None:
+    status, _, body = _raw(f"{kv.url}/keys?api-version=7.6", kv.cert_path, headers={"Authorization": "Bearer forged"})
+    assert status == 401 and body["error"]["code"] == "InvalidAuthenticationToken"
+    assert kv.rejected_tokens == 1 and kv.requests == []
+    wrong = KeyClient(kv.url, StaticTokenCredential("other"), **kv.client_kwargs(), **FAST_RETRY)
+    with pytest.raises(HttpResponseError) as refused, wrong:
+        wrong.create_rsa_key(TENANT_A, size=2048)
+    assert refused.value.status_code == 401 and kv.key_names() == []
+    with _key_client(kv) as client:  # the stand-in's own token works
+        assert client.create_rsa_key(TENANT_A, size=2048).name == TENANT_A
+
+
+def test_adf_refuses_a_token_it_did_not_issue(adf: DataFactoryStandIn) -> None:
+    wrong = DataFactoryManagementClient(StaticTokenCredential("other"), SUB, **adf.client_kwargs(), **FAST_RETRY)
+    with pytest.raises(HttpResponseError) as refused:
+        wrong.pipelines.create_run(RG, FACTORY, "p", parameters={})
+    assert refused.value.status_code == 401 and adf.rejected_tokens >= 1 and adf.runs == {}
+
+
+def test_every_uninjected_5xx_is_kept_for_the_suite_to_see(
+    kv: KeyVaultStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth = {"Authorization": f"Bearer {kv.credential.token}"}
+    kv.fail_next(1, 503)
+    assert _raw(f"{kv.url}/keys?api-version=7.6", kv.cert_path, headers=auth)[0] == 503
+    assert kv.uninjected_5xx == []  # injected: not the stand-in's own doing
+
+    def stand_in_bug(request: Any) -> Any:
+        raise KeyError("a bug in the stand-in")
+
+    monkeypatch.setattr(kv, "_route", stand_in_bug)
+    status = _raw(f"{kv.url}/keys/broken?api-version=7.6", kv.cert_path, headers=auth)[0]
+    assert status == 500 and len(kv.uninjected_5xx) == 1 and "/keys/broken" in kv.uninjected_5xx[0]
+    kv.uninjected_5xx.clear()  # seen and asserted here; the suite-wide check would fail the test otherwise
+    kv.server_errors.clear()
+
+
 def test_create_rsa_key_with_expiry(kv: KeyVaultStandIn) -> None:
     expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=365)
     with _key_client(kv) as client:
@@ -341,7 +378,7 @@ def test_versionless_decrypt_route_uses_latest_version(kv: KeyVaultStandIn, rsa_
         f"{kv.url}/keys/{TENANT_A.upper()}/decrypt?api-version=7.4",  # names are case-insensitive
         kv.cert_path,
         method="POST",
-        headers={"Authorization": "Bearer x"},
+        headers={"Authorization": f"Bearer {kv.credential.token}"},
         body={"alg": "RSA-OAEP-256", "value": b64url_encode(ciphertext)},
     )
     assert status == 200 and b64url_decode(body["value"]) == b"v" * 32
@@ -438,7 +475,9 @@ def test_arm_requires_bearer_token_and_api_version(adf: DataFactoryStandIn) -> N
     assert status == 401 and body["error"]["code"] == "AuthenticationFailed"
     assert headers["WWW-Authenticate"].startswith("Bearer ")
     status, _, body = _raw(
-        f"{base}/pipelineruns/x?api-version=2017-01-01", adf.cert_path, headers={"Authorization": "Bearer anything"}
+        f"{base}/pipelineruns/x?api-version=2017-01-01",
+        adf.cert_path,
+        headers={"Authorization": f"Bearer {adf.credential.token}"},
     )
     assert status == 400 and body["error"]["code"] == "InvalidApiVersionParameter"
     assert adf.challenges == 1 and len(adf.requests) == 1
