@@ -129,8 +129,8 @@ def _write_private(path: Path, text: str) -> None:
 
 def ensure_drop(workdir: Path, size: int, *, log: Any) -> BenchDrop:
     """The drop of ``size`` uncompressed bytes in ``workdir``: reused when its parameters match."""
+    from devtools.simulate import FolderWriter, simulate_drop
     from shared.keyfolder import KeyFolder, key_version
-    from shared.simulate import FolderWriter, simulate_drop
 
     keys = KeyFolder(workdir / "keys")
     if not keys.current_path(BENCH_TENANT).is_file():
@@ -520,7 +520,7 @@ def report_azurite(drop: BenchDrop, results: list[Result]) -> str:
 
 
 def _parse_sizes(text: str) -> list[int]:
-    from shared.simulate import parse_size
+    from devtools.simulate import parse_size
 
     sizes = sorted({parse_size(part) for part in text.split(",") if part.strip()})
     if not sizes or sizes[0] <= 0:
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append((drop, results))
         print("\n" + report_size(drop, results), flush=True)
     if not args.no_azurite:
-        from shared.simulate import parse_size
+        from devtools.simulate import parse_size
 
         drop = ensure_drop(workdir, parse_size(f"{args.azurite_mb}MB"), log=log)
         warm_page_cache(drop.data_file)

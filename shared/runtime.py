@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -31,33 +31,50 @@ if TYPE_CHECKING:
     from azure.mgmt.datafactory import DataFactoryManagementClient
 
 
-#: Test-only setting: when set, :func:`default_credential` hands out this fixed bearer token instead of
-#: signing in, so the CLI can reach the local HTTPS stand-ins in devtools/ from a subprocess.
+#: Development setting: a fixed bearer token for the local HTTPS stand-ins. The app never honours it itself:
+#: only a development credential factory (devtools/testtoken.py, installed by the CLI and the tests) does.
 TEST_TOKEN_SETTING = "VIVA_RELAY_TEST_TOKEN"  # noqa: S105 - the setting's name, not a token
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
+#: Makes a credential: ``factory(env, target)``, ``target`` being the URL the token is for when known.
+CredentialFactory = Callable[[Mapping[str, str], str | None], TokenCredential]
 
-def default_credential(env: Mapping[str, str] | None = None, target: str | None = None) -> TokenCredential:
-    """``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop).
 
-    Only when ``VIVA_RELAY_TEST_TOKEN`` is set (tests against the local stand-ins) is it a static
-    test token instead, and then ``target`` (the URL it is for, when known) must be a loopback
-    address, so the test hook can never stand in for a real sign-in. No other code chooses a
-    credential.
-    """
-    token = (os.environ if env is None else env).get(TEST_TOKEN_SETTING, "").strip()
-    if token:
-        host = urlsplit(target).hostname if target else None
-        if target is not None and host not in _LOOPBACK:
-            raise ConfigError(
-                f"{TEST_TOKEN_SETTING} is for local stand-ins only, not for {target}: unset it to sign in to Azure"
-            )
-        from devtools.tls import StaticTokenCredential
-
-        return StaticTokenCredential(token)
+def azure_credential(env: Mapping[str, str], target: str | None = None) -> TokenCredential:
+    """``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop): the production factory."""
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential()
+
+
+_credential_factory: CredentialFactory = azure_credential
+
+
+def use_credential_factory(factory: CredentialFactory | None) -> None:
+    """Install the process's credential factory (None: back to :func:`azure_credential`).
+
+    Development tools install the stand-ins' test-token factory here; the deployed app never calls this.
+    """
+    global _credential_factory  # noqa: PLW0603 - one factory per process, chosen by its entry point
+    _credential_factory = factory or azure_credential
+
+
+def default_credential(
+    env: Mapping[str, str] | None = None, target: str | None = None, *, factory: CredentialFactory | None = None
+) -> TokenCredential:
+    """The credential from ``factory`` (default: the process's, see :func:`use_credential_factory`).
+
+    ``VIVA_RELAY_TEST_TOKEN`` set without a development factory is a ConfigError: the app never turns a
+    development setting into a silent fallback.
+    """
+    e = os.environ if env is None else env
+    chosen = factory or _credential_factory
+    if e.get(TEST_TOKEN_SETTING, "").strip() and chosen is azure_credential:
+        raise ConfigError(
+            f"{TEST_TOKEN_SETTING} is for local stand-ins only (development tools), not for this process:"
+            " unset it to sign in to Azure"
+        )
+    return chosen(e, target)
 
 
 #: Azure Resource Manager (public cloud); DATA_FACTORY_BASE_URL replaces it for local stand-ins.
@@ -94,9 +111,12 @@ class Runtime:
         keyvault_kwargs: dict[str, Any] | None = None,
         datafactory_kwargs: dict[str, Any] | None = None,
         storage_kwargs: dict[str, Any] | None = None,
+        credential_factory: CredentialFactory | None = None,
     ) -> None:
         self.settings = settings
         self._credential = credential
+        #: Builds the credential on first use when none was given (default: the process's factory).
+        self.credential_factory = credential_factory
         self.keyvault_kwargs = keyvault_kwargs or {}
         self.datafactory_kwargs = datafactory_kwargs or {}
         self.storage_kwargs = storage_kwargs or {}
@@ -116,7 +136,7 @@ class Runtime:
                     # this runtime could send the token to, not just the one asked for first.
                     for target in self._token_targets():
                         check_test_token(self.settings.env, target)
-                self._credential = default_credential(self.settings.env)
+                self._credential = default_credential(self.settings.env, factory=self.credential_factory)
             return self._credential
 
     def _token_targets(self) -> list[str]:

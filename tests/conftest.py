@@ -14,12 +14,16 @@ from azure.storage.queue import QueueClient
 
 from devtools.azurite import Azurite
 from devtools.keyvault_standin import KeyVaultStandIn
+from devtools.simulate import BlobWriter, DropVariant, SimulatedDrop, sample_layout_root, simulate_drop
+from devtools.testtoken import test_token_factory
 from devtools.tls import STARTED
 from shared.config import Settings
 from shared.keyfolder import KeyFolder
 from shared.messages import decode_message
-from shared.runtime import Runtime
-from shared.simulate import BlobWriter, DropVariant, SimulatedDrop, sample_layout_root, simulate_drop
+from shared.runtime import Runtime, use_credential_factory
+
+# In-process code under test may meet VIVA_RELAY_TEST_TOKEN (as the CLI does): honour it for loopback stand-ins.
+use_credential_factory(test_token_factory)
 
 #: Lines the fault-injection tests report (rows expected, after de-duplication, duplicates, lost).
 FAULT_REPORTS: list[str] = []

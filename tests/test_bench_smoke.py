@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from devtools.bench import ROOT
-from shared.simulate import generate_rows
+from devtools.simulate import generate_rows
 
 SUMMARY = re.compile(
     r"^bench: ratio_to_floor=(\d+\.\d\d) packed_ratio_to_floor=(\d+\.\d\d) peak_rss_mib=(\d+(?:\.\d+)?) rows=(\d+)$"

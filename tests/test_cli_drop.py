@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shared.simulate import generate_rows
+from devtools.simulate import generate_rows
 from viva_relay.cli.main import build_parser
 
 TENANT = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"

@@ -20,11 +20,11 @@ import pytest
 from devtools.azurite import Azurite
 from devtools.faultproxy import FaultProxy
 from devtools.keyvault_standin import KeyVaultStandIn
+from devtools.simulate import generate_rows
 from shared.config import Settings
 from shared.ingest import ingest_metadata_blob, recheck_drops
 from shared.messages import decode_message
 from shared.runtime import Runtime
-from shared.simulate import generate_rows
 from shared.tables import utcnow
 from tests.conftest import FAULT_REPORTS, Relay, make_relay
 

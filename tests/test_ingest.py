@@ -10,8 +10,8 @@ import pytest
 from azure.functions.blob import InputStream
 
 import shared.runtime
+from devtools.simulate import DropVariant, generate_rows
 from shared.ingest import ingest_metadata_blob, recheck_drops
-from shared.simulate import DropVariant, generate_rows
 from tests.conftest import Relay, make_relay
 
 

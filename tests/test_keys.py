@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devtools.azurite import Azurite
 from devtools.keyvault_standin import KeyVaultStandIn, b64url_decode
+from devtools.simulate import BlobWriter, generate_rows, sample_layout_root, simulate_drop
 from shared import runtime as runtime_module
 from shared.config import Settings
 from shared.errors import ConfigError, KeyNotFound
@@ -36,7 +37,6 @@ from shared.keycheck import KeyRuleError, PassphraseNeeded
 from shared.keyfolder import KeyFolder, key_version, padding_for
 from shared.keyvault_admin import VaultKeys, public_key_from_vault
 from shared.runtime import Runtime, default_credential
-from shared.simulate import BlobWriter, generate_rows, sample_layout_root, simulate_drop
 from tests.conftest import Relay, make_relay, read_queue
 from viva_relay.cli.main import main
 

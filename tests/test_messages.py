@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from devtools.simulate import generate_rows
 from shared.errors import RowTooLarge
 from shared.messages import QUEUE_MESSAGE_LIMIT, Envelope, Message, MessagePacker, decode_message
-from shared.simulate import generate_rows
 
 ENV = Envelope(tenant="3f2504e0-4f89-41d3-9a0c-0305e82c3301", drop="d123", table="VivaInsightsDataset_PersonReport_v1")
 

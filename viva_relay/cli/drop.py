@@ -15,6 +15,15 @@ from urllib.parse import unquote, urlsplit
 
 from azure.storage.blob import BlobServiceClient
 
+from devtools.simulate import (
+    BlobWriter,
+    DropVariant,
+    DropWriter,
+    FolderWriter,
+    parse_size,
+    sample_layout_root,
+    simulate_drop,
+)
 from shared import storage
 from shared.config import KNOWN_UNWRAP_ALGORITHMS, LANDING_CONNECTION
 from shared.errors import ConfigError, MetadataError, MetadataNotReady, VivaRelayError
@@ -24,15 +33,6 @@ from shared.keys import KeyUnwrapper
 from shared.location import METADATA_SUFFIX, DropLocation, is_metadata_blob
 from shared.metadata import GUID_RE, parse_metadata
 from shared.runtime import default_credential
-from shared.simulate import (
-    BlobWriter,
-    DropVariant,
-    DropWriter,
-    FolderWriter,
-    parse_size,
-    sample_layout_root,
-    simulate_drop,
-)
 from shared.sinks import StreamSink
 from shared.sources import BlobDropSource, DropSource, FolderDropSource
 

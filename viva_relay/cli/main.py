@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from shared import __version__
+from shared.runtime import TEST_TOKEN_SETTING
 
 from . import common, consent, drop, drops, keys, runs, tenants
 
@@ -44,8 +46,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("azure").setLevel(logging.ERROR)
         # Commands report outcomes themselves in one line; the library's log repeats them (see -v).
         logging.getLogger("viva_relay").setLevel(logging.CRITICAL)
+    _install_development_credentials()
     handler: common.Handler = args.handler
     return common.run_handler(handler, args)
+
+
+def _install_development_credentials() -> None:
+    """With ``VIVA_RELAY_TEST_TOKEN`` set (tests, demo: local stand-ins), use the development token hook.
+
+    It lives in devtools/ (a checkout's development tools), never in the deployed app.
+    """
+    if os.environ.get(TEST_TOKEN_SETTING, "").strip():
+        from devtools.testtoken import install_if_requested
+
+        install_if_requested()
 
 
 if __name__ == "__main__":

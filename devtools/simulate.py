@@ -1,6 +1,8 @@
 """Build realistic encrypted drops, the way MGDC writes them, for the demo, tests and benchmarks.
 
-Rows come from a small sample shipped in ``shared/sample`` (eight people of the ``vivainsights``
+Development only: the deployed app never imports it (``drop simulate`` in the CLI does, from a checkout).
+
+Rows come from a small sample shipped in ``devtools/sample`` (eight people of the ``vivainsights``
 package's ``pq_data``, MIT) and are repeated with new person ids and weeks up to any row count or
 size. Two row shapes (SPEC.md): ``display`` (Microsoft's sample file: display-name keys such as
 "After-hours collaboration hours", numbers as JSON strings, ISO ``MetricDate``, ``IsActive``) and
@@ -31,9 +33,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from isal import isal_zlib
 
-from .keyfolder import padding_for
-from .location import METADATA_SUFFIX
-from .metadata import FIELDS
+from shared.keyfolder import padding_for
+from shared.location import METADATA_SUFFIX
+from shared.metadata import FIELDS
 
 SAMPLE_FILE = "person_week_sample.csv"
 PERSON_REPORT = "VivaInsightsDataset_PersonReport_v1"
@@ -87,7 +89,7 @@ def display_name(column: str) -> str:
 
 def load_sample() -> list[dict[str, str]]:
     """The shipped sample rows (CSV, one person-week each)."""
-    text = resources.files("shared.sample").joinpath(SAMPLE_FILE).read_text(encoding="utf-8")
+    text = resources.files("devtools.sample").joinpath(SAMPLE_FILE).read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
 
 
