@@ -108,7 +108,7 @@ class Result:
 def _generator_fingerprint() -> str:
     """Hash of what decides a drop's bytes (simulator and sample), to invalidate cached drops."""
     digest = hashlib.sha256(str(DROP_FORMAT).encode())
-    for path in (ROOT / "shared" / "simulate.py", *sorted((ROOT / "shared" / "sample").glob("*.csv"))):
+    for path in (ROOT / "devtools" / "simulate.py", *sorted((ROOT / "devtools" / "sample").glob("*.csv"))):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

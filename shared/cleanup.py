@@ -43,7 +43,7 @@ from .errors import TransientError
 from .ledger import DELETED, DELIVERED, FAILED, DropRecord, new_owner_id
 from .location import METADATA_SUFFIX, DropLocation, is_metadata_blob, location_from_blob
 from .runtime import Runtime
-from .tables import utcnow
+from .tables import as_utc, utcnow
 
 log = logging.getLogger("viva_relay")
 
@@ -58,10 +58,7 @@ ORPHAN_UNKNOWN = "unknown"  # a Metadata.json whose drop has no ledger row
 ORPHAN_LEFT_AFTER_DELETION = "left_after_deletion"  # the ledger says deleted, the Metadata.json is there
 
 
-def _when(value: Any) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+_when = as_utc  # a stored or listed timestamp as aware UTC (one home: shared.clock.to_utc)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -349,7 +346,7 @@ def delete_drop(rt: Runtime, record: DropRecord, *, dry_run: bool = False, now: 
     Anything else is skipped. A dry run lists what would go and changes nothing. Storage or
     ledger failures give the marker back and raise :class:`TransientError`; the next run resumes.
     """
-    now = now or utcnow()
+    now = now or rt.clock()
     location = record.location
     result = DropDeletion(record.drop_id, record.tenant, SKIPPED, location=location.url_path)
     rule, status, reason = _rule(rt, record, now)
@@ -611,7 +608,7 @@ def delete_orphans(
     grace = rt.settings.orphan_grace_hours
     if older_than_hours < grace:
         raise ValueError(f"--older-than-hours {older_than_hours} is below the grace period ORPHAN_GRACE_HOURS={grace}")
-    now = now or utcnow()
+    now = now or rt.clock()
     cutoff = now - timedelta(hours=older_than_hours)
     container = rt.landing_container()
     results = []
@@ -683,7 +680,7 @@ def cleanup_drops(rt: Runtime, *, dry_run: bool = False, now: datetime | None = 
 
     One drop's failure never stops the rest; it is in the report with status ``error``.
     """
-    now = now or utcnow()
+    now = now or rt.clock()
     report = CleanupReport(dry_run=dry_run)
     candidates = list(rt.ledger.list(state=DELIVERED))
     if rt.settings.failed_retention_days > 0:

@@ -109,22 +109,13 @@ class Settings:
             raise ConfigError(
                 f"DOWNSTREAM_MESSAGE_ENCODING must be one of {', '.join(MESSAGE_ENCODINGS)}, not {encoding!r}"
             )
-        key_source = get("KEY_SOURCE", d.key_source).strip().lower()
-        if key_source not in KEY_SOURCES:
-            raise ConfigError(f"KEY_SOURCE must be keyvault or folder, not {key_source!r}")
+        key_source = parse_key_source(get("KEY_SOURCE", d.key_source))
+        if not key_source:  # set but empty: the app needs a choice (the CLI may infer one)
+            raise ConfigError("KEY_SOURCE must be keyvault or folder, not ''")
         vault = get("KEY_VAULT_URL", "").strip()
         if vault and not vault.startswith("https://"):
             raise ConfigError(f"KEY_VAULT_URL must be the vault's https:// URI, not {vault!r}")
-        algorithms = tuple(
-            a.strip().upper().replace("RSA1_5", "RSA1_5")
-            for a in get("UNWRAP_ALGORITHMS", ",".join(d.unwrap_algorithms)).split(",")
-            if a.strip()
-        )
-        for a in algorithms:
-            if a not in KNOWN_UNWRAP_ALGORITHMS:
-                raise ConfigError(f"UNWRAP_ALGORITHMS: unknown algorithm {a!r}")
-        if not algorithms:
-            raise ConfigError("UNWRAP_ALGORITHMS must name at least one algorithm")
+        algorithms = parse_unwrap_algorithms(get("UNWRAP_ALGORITHMS", ",".join(d.unwrap_algorithms)))
         allow_rsa15 = _bool("ALLOW_RSA1_5", get("ALLOW_RSA1_5", "false"))
         if "RSA1_5" in algorithms and not allow_rsa15:
             raise ConfigError("UNWRAP_ALGORITHMS lists RSA1_5: set ALLOW_RSA1_5=true to allow it")
@@ -171,3 +162,25 @@ class Settings:
             run_no_drop_alert_hours=_int("RUN_NO_DROP_ALERT_HOURS", get("RUN_NO_DROP_ALERT_HOURS", "24"), minimum=1),
             env=dict(e),
         )
+
+
+# -- the parsing rules the settings and the CLI share (one home each) ----------------------------------
+
+
+def parse_key_source(value: str) -> str:
+    """KEY_SOURCE, lower-cased: keyvault, folder, or "" when unset; ConfigError for anything else."""
+    source = value.strip().lower()
+    if source and source not in KEY_SOURCES:
+        raise ConfigError(f"KEY_SOURCE must be keyvault or folder, not {source!r}")
+    return source
+
+
+def parse_unwrap_algorithms(text: str) -> tuple[str, ...]:
+    """UNWRAP_ALGORITHMS: comma-separated RSA paddings, in order; ConfigError for an unknown one or none."""
+    algorithms = tuple(a.strip().upper() for a in text.split(",") if a.strip())
+    for a in algorithms:
+        if a not in KNOWN_UNWRAP_ALGORITHMS:
+            raise ConfigError(f"UNWRAP_ALGORITHMS: unknown algorithm {a!r}")
+    if not algorithms:
+        raise ConfigError("UNWRAP_ALGORITHMS must name at least one algorithm")
+    return algorithms

@@ -37,7 +37,7 @@ from .retry import with_retries
 from .runtime import Runtime
 from .sinks import QueueSink, RowSink
 from .sources import BlobDropSource, DropSource
-from .tables import as_utc, utcnow
+from .tables import as_utc
 
 log = logging.getLogger("viva_relay")
 
@@ -189,27 +189,28 @@ class _Checkpointer:
         self.record = record
         self.sink: RowSink | None = None
         self.last_seq = record.checkpoint_seq
-        self.last_time = time.monotonic()
-        lease = rt.settings.drop_lease_seconds
+        # The runtime's clock, not a private one: a test moves it instead of sleeping out the lease.
+        self.last_time = rt.clock()
+        self._lease = timedelta(seconds=rt.settings.drop_lease_seconds)
         # Stop sending a little before the ledger's lease ends, to absorb clock skew between workers.
-        self._margin = lease / 10
-        self.valid_until = self.last_time + lease - self._margin
+        self._margin = self._lease / 10
+        self.valid_until = self.last_time + self._lease - self._margin
 
     def guard(self, _message: object) -> None:
         """Called before each queue put: refuse to send on a lease that may have been taken over."""
-        if time.monotonic() > self.valid_until:
+        if self.rt.clock() > self.valid_until:
             raise LeaseLost(f"the lease on drop {self.record.drop_id} was not renewed in time; stopping")
 
     def __call__(self, rows: int) -> None:
         s = self.rt.settings
         seq = self.sink.delivered_seq if self.sink is not None else -1
         due_seq = seq - self.last_seq >= s.checkpoint_every_messages
-        due_time = time.monotonic() - self.last_time > s.drop_lease_seconds / 3
+        due_time = self.rt.clock() - self.last_time > self._lease / 3
         if due_seq or due_time:
-            renewed_at = time.monotonic()
+            renewed_at = self.rt.clock()
             delivered_rows = self.sink.delivered_rows if self.sink is not None else 0
             self.record = self.rt.ledger.heartbeat(self.record, seq, delivered_rows, s.drop_lease_seconds)
-            self.valid_until = renewed_at + s.drop_lease_seconds - self._margin
+            self.valid_until = renewed_at + self._lease - self._margin
             self.last_seq = seq
             self.last_time = renewed_at
 
@@ -295,7 +296,7 @@ def ingest_drop(
             return _fail(rt, location, tenant, exc, None)
         record = rt.ledger.mark_waiting(location, tenant, str(exc))
         first = record.props.get("FirstSeen")
-        if first is not None and utcnow() - first > timedelta(hours=settings.waiting_give_up_hours):
+        if first is not None and rt.clock() - first > timedelta(hours=settings.waiting_give_up_hours):
             return _fail(rt, location, tenant, MetadataError(f"Metadata.json never became valid: {exc}"), None)
         return IngestOutcome("waiting", location.drop_id, tenant, str(exc))
     if location.generation:
@@ -420,7 +421,7 @@ def ingest_drop(
         # Metadata.json may land before the data file has (a folder copy gives no order): wait for
         # it like for a Metadata.json that is not committed yet, and give up after the same window.
         first = as_utc(record.props.get("FirstSeen"))
-        if first is not None and utcnow() - first > timedelta(hours=settings.waiting_give_up_hours):
+        if first is not None and rt.clock() - first > timedelta(hours=settings.waiting_give_up_hours):
             return _fail(rt, location, tenant, exc, record)
         rt.ledger.defer(record, exc.reason)
         log.warning("drop %s of tenant %s is waiting: %s", location.drop_id, tenant, exc.reason)
@@ -457,7 +458,7 @@ def ingest_metadata_blob(rt: Runtime, container: str, blob_name: str, metadata: 
 def recheck_drops(rt: Runtime) -> list[IngestOutcome]:
     """Re-run waiting drops and drops whose attempt died (lease expired). One failure never stops the rest."""
     outcomes: list[IngestOutcome] = []
-    now = utcnow()
+    now = rt.clock()
     candidates = list(rt.ledger.list(state="waiting"))
     candidates += [r for r in rt.ledger.list(state="in_progress") if not r.lease_active(now)]
     for record in candidates:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import VivaRelayError
-from .metadata import GUID_RE
+from .ids import is_guid
 
 #: The only key size Microsoft accepts for the partner keys.
 KEY_SIZE = 2048
@@ -45,7 +45,7 @@ class PassphraseNeeded(KeyRuleError):
 
 def tenant_key_name(tenant_id: str) -> str:
     """The key's name: the tenant id, lower case; a clear error when it is not a GUID."""
-    if not GUID_RE.match(tenant_id or ""):
+    if not is_guid(tenant_id or ""):
         raise KeyRuleError(f"tenant id {tenant_id!r} is not a GUID")
     return tenant_id.lower()
 

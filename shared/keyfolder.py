@@ -26,7 +26,9 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from .clock import to_utc
 from .errors import KeyNotFound, VivaRelayError
+from .ids import is_guid
 from .keycheck import (
     DEFAULT_EXPIRY_DAYS,
     DEFAULT_SOON_DAYS,
@@ -43,7 +45,6 @@ from .keycheck import (
     require_key_size,
 )
 from .keys import KeyUnwrapper
-from .metadata import GUID_RE
 
 __all__ = ["KEY_SIZE", "KeyFolder", "KeyFolderUnwrapper", "key_version", "padding_for"]
 
@@ -67,7 +68,7 @@ def key_version(public_key: rsa.RSAPublicKey) -> str:
 
 
 def _check_tenant(tenant_id: str) -> str:
-    if not GUID_RE.match(tenant_id):
+    if not is_guid(tenant_id):
         raise VivaRelayError(f"tenant id {tenant_id!r} is not a GUID")
     return tenant_id.lower()
 
@@ -79,7 +80,7 @@ def _parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return to_utc(parsed)
 
 
 class KeyFolder:
@@ -121,7 +122,7 @@ class KeyFolder:
 
     def tenants(self) -> list[str]:
         """Tenant ids that have a current key."""
-        return sorted(p.stem for p in self.path.glob("*.pem") if GUID_RE.match(p.stem))
+        return sorted(p.stem for p in self.path.glob("*.pem") if is_guid(p.stem))
 
     def create(
         self, tenant_id: str, *, rotate: bool = False, expires_in_days: int = DEFAULT_EXPIRY_DAYS
@@ -223,7 +224,7 @@ class KeyFolder:
         found = set(self.tenants())
         for p in self.path.glob("*.*.pem"):
             head = p.name.split(".", 1)[0]
-            if GUID_RE.match(head):
+            if is_guid(head):
                 found.add(head.lower())
         return sorted(found)
 

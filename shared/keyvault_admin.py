@@ -31,6 +31,7 @@ from azure.keyvault.keys import JsonWebKey, KeyClient, KeyOperation, KeyType, Ke
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import ConfigError, KeyNotFound, TransientError, VivaRelayError
+from .ids import is_guid
 from .keycheck import (
     DEFAULT_EXPIRY_DAYS,
     DEFAULT_SOON_DAYS,
@@ -47,7 +48,6 @@ from .keycheck import (
     require_key_size,
     tenant_key_name,
 )
-from .metadata import GUID_RE
 from .runtime import default_credential, keyvault_client_options
 
 #: What tenant keys may do: Microsoft encrypts with the public key, the relay decrypts in the vault.
@@ -263,7 +263,7 @@ class VaultKeys:
         with vault_errors(self.vault_url, "list its keys"):
             names = [p.name for p in self.client.list_properties_of_keys() if p.name]
         for name in sorted(names):
-            if not GUID_RE.match(name):
+            if not is_guid(name):
                 self.ignored.append(name)
                 continue
             tenant = name.lower()

@@ -28,12 +28,12 @@ from typing import Any
 
 from azure.core.exceptions import (
     ResourceExistsError,
-    ResourceModifiedError,
 )
 
-from .errors import LeaseLost, TransientError
+from .clock import Clock
+from .errors import LeaseLost
 from .location import DropLocation
-from .tables import TableStore, as_utc, entity_etag, entity_props, utcnow, without_nulls
+from .tables import TableStore, as_utc, entity_etag, entity_props, with_etag_retries, without_nulls
 
 WAITING = "waiting"
 IN_PROGRESS = "in_progress"
@@ -105,6 +105,9 @@ class Claim:
 class DropLedger(ABC):
     """The drop state machine; see the module docstring."""
 
+    #: Where "now" comes from for leases and timestamps (set by the backend's constructor).
+    clock: Clock
+
     @abstractmethod
     def get(self, tenant: str, drop_id: str) -> DropRecord | None:
         """One drop, or None."""
@@ -153,8 +156,10 @@ class DropLedger(ABC):
         now: datetime | None = None,
     ) -> Claim:
         """Take the drop's lease unless it is delivered, failed, or leased by a live attempt."""
-        for _ in range(10):
-            now = now or utcnow()
+        fixed_now = now
+
+        def step() -> Claim:
+            now = fixed_now or self.clock()
             record = self.get(tenant, location.drop_id)
             lease = {
                 "State": IN_PROGRESS,
@@ -166,10 +171,7 @@ class DropLedger(ABC):
             }
             if record is None:
                 props = self._base(location, tenant, now) | (details or {}) | lease | {"Attempts": 1}
-                try:
-                    return Claim(self._insert(DropRecord(tenant, location.drop_id, props)), True)
-                except ResourceExistsError:
-                    continue
+                return Claim(self._insert(DropRecord(tenant, location.drop_id, props)), True)
             if record.state in (DELIVERED, DELETED):
                 return Claim(record, False, f"already {record.state}")
             if record.state == FAILED:
@@ -179,11 +181,9 @@ class DropLedger(ABC):
             record.props.update(details or {})
             record.props.update(lease)
             record.props["Attempts"] = int(record.props.get("Attempts", 0)) + 1
-            try:
-                return Claim(self._replace(record), True)
-            except ResourceModifiedError:
-                continue
-        raise TransientError(f"could not claim drop {location.drop_id}: too much contention")
+            return Claim(self._replace(record), True)
+
+        return with_etag_retries(step, f"could not claim drop {location.drop_id}: too much contention")
 
     def _record_state(
         self,
@@ -198,24 +198,18 @@ class DropLedger(ABC):
         ETag-guarded: on a lost race the row is read again and re-checked. A row it does not accept
         is returned unchanged.
         """
-        for _ in range(10):
-            now = utcnow()
+
+        def step() -> DropRecord:
+            now = self.clock()
             current = self.get(tenant, location.drop_id)
             if current is None:
-                try:
-                    return self._insert(
-                        DropRecord(tenant, location.drop_id, self._base(location, tenant, now) | changes)
-                    )
-                except ResourceExistsError:
-                    continue
+                return self._insert(DropRecord(tenant, location.drop_id, self._base(location, tenant, now) | changes))
             if not may_change(current, now):
                 return current
             current.props.update(changes | {"UpdatedAt": now})
-            try:
-                return self._replace(current)
-            except ResourceModifiedError:
-                continue
-        raise TransientError(f"could not record drop {location.drop_id} as {what}")
+            return self._replace(current)
+
+        return with_etag_retries(step, f"could not record drop {location.drop_id} as {what}")
 
     def mark_waiting(self, location: DropLocation, tenant: str, reason: str) -> DropRecord:
         """Record that the Metadata.json is not ready yet (only for new or waiting drops)."""
@@ -229,18 +223,22 @@ class DropLedger(ABC):
     def _owned_update(self, record: DropRecord, changes: dict[str, Any]) -> DropRecord:
         """Apply ``changes`` to a drop we hold the lease of; LeaseLost if someone took it over."""
         owner = record.lease_owner
-        for _ in range(10):
-            record.props.update(changes)
-            record.props["UpdatedAt"] = utcnow()
-            try:
-                return self._replace(record)
-            except ResourceModifiedError:
+        lost_race = False
+
+        def step() -> DropRecord:
+            nonlocal lost_race
+            if lost_race:  # our write lost a race: still ours only if nobody took the lease over
                 fresh = self.get(record.tenant, record.drop_id)
                 if fresh is None or fresh.lease_owner != owner or fresh.state != IN_PROGRESS:
-                    raise LeaseLost(f"drop {record.drop_id} was taken over by another attempt") from None
+                    raise LeaseLost(f"drop {record.drop_id} was taken over by another attempt")
                 record.etag = fresh.etag
                 record.props = fresh.props
-        raise TransientError(f"could not update drop {record.drop_id}")
+            lost_race = True
+            record.props.update(changes)
+            record.props["UpdatedAt"] = self.clock()
+            return self._replace(record)
+
+        return with_etag_retries(step, f"could not update drop {record.drop_id}")
 
     def heartbeat(
         self,
@@ -259,7 +257,7 @@ class DropLedger(ABC):
             | {
                 "CheckpointSeq": max(checkpoint_seq, record.checkpoint_seq),
                 "CheckpointRows": checkpoint_rows if newer else int(record.props.get("CheckpointRows", 0)),
-                "LeaseUntil": utcnow() + timedelta(seconds=lease_seconds),
+                "LeaseUntil": self.clock() + timedelta(seconds=lease_seconds),
             },
         )
 
@@ -267,12 +265,13 @@ class DropLedger(ABC):
         """The drop's rows and completion message are all in the queue."""
         return self._owned_update(
             record,
-            stats | {"State": DELIVERED, "LeaseOwner": "", "LeaseUntil": None, "DeliveredAt": utcnow()},
+            stats | {"State": DELIVERED, "LeaseOwner": "", "LeaseUntil": None, "DeliveredAt": self.clock()},
         )
 
     def release(self, record: DropRecord, reason: str) -> DropRecord:
         """A transient failure: give the lease up now so the next attempt resumes at once."""
-        return self._owned_update(record, {"LastError": reason[:4000], "LeaseUntil": utcnow() - timedelta(seconds=1)})
+        released = self.clock() - timedelta(seconds=1)
+        return self._owned_update(record, {"LastError": reason[:4000], "LeaseUntil": released})
 
     def defer(self, record: DropRecord, reason: str) -> DropRecord:
         """Back to waiting (the drop is not complete in storage yet); the re-check timer looks again."""
@@ -298,7 +297,7 @@ class DropLedger(ABC):
             "Reason": reason[:4000],
             "LeaseOwner": "",
             "LeaseUntil": None,
-            "FailedAt": utcnow(),
+            "FailedAt": self.clock(),
         }
         if record is not None and record.state == IN_PROGRESS and record.lease_owner:
             return self._owned_update(record, changes)
@@ -324,16 +323,20 @@ class DropLedger(ABC):
         of None removes the column. The caller's ``record`` is not modified.
         """
         current: DropRecord | None = DropRecord(record.tenant, record.drop_id, dict(record.props), record.etag)
-        for _ in range(10):
+        lost_race = False
+
+        def step() -> DropRecord | None:
+            nonlocal current, lost_race
+            if lost_race:  # re-read and re-check: never act on a row another writer changed
+                current = self.get(record.tenant, record.drop_id)
+            lost_race = True
             if current is None or not allowed(current):
                 return None
             delta = changes(current) if callable(changes) else changes
-            props = current.props | delta | {"UpdatedAt": utcnow()}
-            try:
-                return self._replace(DropRecord(current.tenant, current.drop_id, props, current.etag))
-            except ResourceModifiedError:
-                current = self.get(record.tenant, record.drop_id)
-        raise TransientError(f"could not update drop {record.drop_id}: too much contention")
+            props = current.props | delta | {"UpdatedAt": self.clock()}
+            return self._replace(DropRecord(current.tenant, current.drop_id, props, current.etag))
+
+        return with_etag_retries(step, f"could not update drop {record.drop_id}: too much contention")
 
     def claim_deletion(
         self,
@@ -348,7 +351,7 @@ class DropLedger(ABC):
 
         A marker whose lease expired (a cleanup that died) is taken over.
         """
-        now = now or utcnow()
+        now = now or self.clock()
 
         def free(row: DropRecord) -> bool:
             holder = str(row.props.get("DeletingOwner") or "")
@@ -367,7 +370,7 @@ class DropLedger(ABC):
         def changes(row: DropRecord) -> dict[str, Any]:
             return details | {
                 "State": DELETED,
-                "DeletedAt": row.props.get("DeletedAt") or utcnow(),  # a later orphan removal keeps the first
+                "DeletedAt": row.props.get("DeletedAt") or self.clock(),  # a later orphan removal keeps the first
                 "DeletingOwner": None,
                 "DeletingUntil": None,
                 "DeletingSince": None,
@@ -399,7 +402,7 @@ class DropLedger(ABC):
                 "Attempts": 0,
                 "Reason": note[:4000],
                 "ReasonCode": "",
-                "ReprocessedAt": utcnow(),
+                "ReprocessedAt": self.clock(),
             }
 
         return self.update_if(record, reopenable, changes)
@@ -418,7 +421,7 @@ class DropLedger(ABC):
         same moment makes this return None (and nothing is deleted), and one that comes later
         finds the drop deleted.
         """
-        now = utcnow()
+        now = self.clock()
         props = (
             self._base(location, tenant, now)
             | details
@@ -463,6 +466,10 @@ class TableDropLedger(TableStore, DropLedger):
         equal = {k: v for k, v in (("PartitionKey", tenant), ("State", state)) if v}
         for entity in self.select_entities(equal):
             yield self._record(entity)
+
+    def of_run(self, run_id: str) -> tuple[DropRecord, ...]:
+        """The drops a pipeline run produced (their ``RunId`` column, set from the drop's folder)."""
+        return tuple(self._record(entity) for entity in self.select_entities({"RunId": run_id}))
 
     def _insert(self, record: DropRecord) -> DropRecord:
         record.etag = self.insert_entity(self._entity(record))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from .metadata import GUID_RE
+from .ids import is_guid
 
 METADATA_SUFFIX = "metadata/JobMetadata/Metadata.json"
 #: Folders of Microsoft's sample layout that are followed by the tenant id.
@@ -54,14 +54,14 @@ class DropLocation:
     @property
     def tenant_from_location(self) -> str | None:
         """The tenant the location names: a GUID container, else the folder after VivaInsights/."""
-        if GUID_RE.match(self.container):
+        if is_guid(self.container):
             return self.container.lower()
         parts = [p for p in self.drop_root.split("/") if p]
         for i, part in enumerate(parts[:-1]):
-            if part.lower() in DATASET_FOLDERS and GUID_RE.match(parts[i + 1]):
+            if part.lower() in DATASET_FOLDERS and is_guid(parts[i + 1]):
                 return parts[i + 1].lower()
         # Neither layout: the last GUID in the path (the run id comes first in every known layout).
-        guids = [p for p in parts if GUID_RE.match(p)]
+        guids = [p for p in parts if is_guid(p)]
         return guids[-1].lower() if guids else None
 
     @property

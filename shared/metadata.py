@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import MetadataError, MetadataNotReady
+from .ids import GUID_RE as GUID_RE  # noqa: PLC0414 - re-exported; its home is shared.ids
+from .ids import is_guid
 
 #: The sixteen documented fields, in the documented spelling.
 FIELDS = (
@@ -46,7 +48,6 @@ FIELDS = (
     "DecryptionKeyDetails",
 )
 
-GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _KEY_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
 _MAX_METADATA_BYTES = 1 << 20
 
@@ -248,13 +249,13 @@ def parse_metadata(raw: bytes | str) -> DropMetadata:
     tenant = _text(d, "TenantId", required=True)
     if tenant.startswith("{") and tenant.endswith("}"):
         tenant = tenant[1:-1]  # the registry form of a GUID, {xxxxxxxx-...}
-    if not GUID_RE.match(tenant):
+    if not is_guid(tenant):
         raise MetadataError(f"TenantId {tenant!r} is not a GUID")
     errors = _errors(d.get("errors"))
     table = _text(d, "TableName", required=not errors)
     rows = _count(d, "NumberOfRowsExtracted", required=not errors)
     application_id = _text(d, "ApplicationId")
-    if application_id and not GUID_RE.match(application_id):
+    if application_id and not is_guid(application_id):
         raise MetadataError(f"ApplicationId {application_id!r} is not a GUID")
     version = _text(d, "PublicKeyVersion")
     if not _KEY_VERSION_RE.match(version):

@@ -35,6 +35,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
 )
 
+from .clock import to_utc
 from .config import Settings
 from .errors import TransientError, VivaRelayError
 from .retry import with_retries
@@ -79,9 +80,7 @@ class PipelineStartError(VivaRelayError):
 # The run ledger
 # --------------------------------------------------------------------------------------------------
 def _aware(now: datetime | None) -> datetime:
-    if now is None:
-        return utcnow()
-    return now if now.tzinfo else now.replace(tzinfo=UTC)
+    return utcnow() if now is None else to_utc(now)
 
 
 def _iso(value: Any) -> str | None:
@@ -578,14 +577,8 @@ class FollowOutcome:
 
 
 def _drops_of_run(rt: Runtime, run_id: str) -> list[dict[str, Any]]:
-    """Rows of the drop ledger whose RunId is ``run_id`` (set from the drop's folder)."""
-    drops = rt.ledger
-    drops.ensure()
-    try:
-        entities = list(drops.table.query_entities("RunId eq @r", parameters={"r": run_id}))
-    except AzureError as exc:
-        raise TransientError(f"drop ledger query failed: {exc}") from exc
-    return [dict(e) for e in entities]
+    """Rows of the drop ledger whose RunId is ``run_id``, asked of the ledger (its table is its own)."""
+    return [{"PartitionKey": r.tenant, "RowKey": r.drop_id, **r.props} for r in rt.ledger.of_run(run_id)]
 
 
 def drops_of_run(rt: Runtime, run_id: str) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient
 
 from . import storage
+from .clock import Clock, utc_now
 from .config import LANDING_CONNECTION, RELAY_CONNECTION, Settings
 from .errors import ConfigError
 from .keyfolder import KeyFolderUnwrapper
@@ -112,8 +113,11 @@ class Runtime:
         datafactory_kwargs: dict[str, Any] | None = None,
         storage_kwargs: dict[str, Any] | None = None,
         credential_factory: CredentialFactory | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
+        #: Where ingest, the ledger and cleanup get "now" (tests set a ManualClock instead of sleeping).
+        self.clock = clock
         self._credential = credential
         #: Builds the credential on first use when none was given (default: the process's factory).
         self.credential_factory = credential_factory
@@ -209,7 +213,8 @@ class Runtime:
     @cached_property
     def ledger(self) -> TableDropLedger:
         """The drop ledger."""
-        return TableDropLedger(self.table(self.settings.ledger_table))
+        # Late-bound: a test may set rt.clock after the ledger was built.
+        return TableDropLedger(self.table(self.settings.ledger_table), clock=lambda: self.clock())  # noqa: PLW0108
 
     @cached_property
     def unwrapper(self) -> KeyUnwrapper:

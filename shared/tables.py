@@ -21,6 +21,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, UpdateMode
 
+from .clock import Clock, to_utc, utc_now
 from .errors import TransientError
 
 T = TypeVar("T")
@@ -32,10 +33,23 @@ def utcnow() -> datetime:
 
 
 def as_utc(value: Any) -> datetime | None:
-    """A stored timestamp as an aware datetime (None if it is not a datetime)."""
-    if not isinstance(value, datetime):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """A stored timestamp as an aware UTC datetime (None if it is not a datetime)."""
+    return to_utc(value) if isinstance(value, datetime) else None
+
+
+def with_etag_retries(step: Callable[[], T], contention: str, attempts: int = 10) -> T:
+    """Run ``step`` (read, decide, conditional write) until it completes without losing a race.
+
+    The one home of the stale-ETag loop: a lost race is a ResourceModifiedError (an ETag-guarded replace)
+    or a ResourceExistsError (an insert of a row another writer created), and ``step`` then runs again on
+    a fresh read. After ``attempts`` lost races: TransientError(``contention``), retried later as a whole.
+    """
+    for _ in range(attempts):
+        try:
+            return step()
+        except (ResourceModifiedError, ResourceExistsError):
+            continue
+    raise TransientError(contention)
 
 
 class TableStore:
@@ -44,8 +58,10 @@ class TableStore:
     #: How errors name this store ("ledger", "run ledger", ...).
     label = "table"
 
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, *, clock: Clock = utc_now) -> None:
         self.table = table
+        #: Where this store's "now" comes from (a test passes a settable clock instead of sleeping).
+        self.clock = clock
         self._ensured = False
 
     def call(self, what: str, fn: Callable[[], T]) -> T:

@@ -22,7 +22,7 @@ from azure.data.tables import UpdateMode
 
 from .config import Settings
 from .errors import ConfigError, VivaRelayError
-from .metadata import GUID_RE
+from .ids import is_guid
 from .tables import TableStore, as_utc, utcnow
 
 PARTITION: Final = "tenant"
@@ -50,7 +50,7 @@ class InvalidTenant(VivaRelayError):
 def normalise_tenant_id(text: str) -> str:
     """The tenant id in its canonical (lower-case GUID) form; InvalidTenant if it is not a GUID."""
     value = (text or "").strip()
-    if not GUID_RE.match(value):
+    if not is_guid(value):
         raise InvalidTenant(f"{text!r} is not a tenant id (a GUID)")
     return value.lower()
 
@@ -103,7 +103,7 @@ class Tenant:
         ):
             if value and not _ARM_NAME_RE.match(value):
                 raise InvalidTenant(f"{value!r} is not a valid {label}")
-        if self.factory_subscription_id and not GUID_RE.match(self.factory_subscription_id):
+        if self.factory_subscription_id and not is_guid(self.factory_subscription_id):
             raise InvalidTenant(f"{self.factory_subscription_id!r} is not a subscription id (a GUID)")
         return replace(self, tenant_id=tenant_id)
 

@@ -6,8 +6,11 @@ before each queue put so the test can SIGKILL it at a chosen point. The puts the
 
 from __future__ import annotations
 
+import os
 import sys
+from datetime import timedelta
 
+from devtools.clock import ShiftedClock
 from shared.config import Settings
 from shared.ingest import ingest_metadata_blob
 from shared.messages import Message
@@ -15,6 +18,8 @@ from shared.runtime import Runtime
 from shared.sinks import QueueSink
 
 _send = QueueSink._send
+#: Seconds this worker's clock runs ahead of the wall clock (past the leases of the workers killed before it).
+CLOCK_SHIFT_SETTING = "FAULT_WORKER_CLOCK_SHIFT_S"
 
 
 def _traced_send(self: QueueSink, message: Message) -> None:
@@ -25,7 +30,8 @@ def _traced_send(self: QueueSink, message: Message) -> None:
 def main() -> int:
     QueueSink._send = _traced_send  # type: ignore[method-assign]
     container, blob = sys.argv[1], sys.argv[2]
-    outcome = ingest_metadata_blob(Runtime(Settings.from_env()), container, blob)
+    clock = ShiftedClock(timedelta(seconds=float(os.environ.get(CLOCK_SHIFT_SETTING, "0"))))
+    outcome = ingest_metadata_blob(Runtime(Settings.from_env(), clock=clock), container, blob)
     print(f"OUTCOME {outcome.status} {outcome.reason}", flush=True)
     return 0
 

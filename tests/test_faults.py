@@ -12,12 +12,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devtools.azurite import Azurite
+from devtools.clock import ManualClock, ShiftedClock
 from devtools.faultproxy import FaultProxy
 from devtools.keyvault_standin import KeyVaultStandIn
 from devtools.simulate import generate_rows
@@ -27,6 +29,7 @@ from shared.messages import decode_message
 from shared.runtime import Runtime
 from shared.tables import utcnow
 from tests.conftest import FAULT_REPORTS, Relay, make_relay
+from tests.fault_worker import CLOCK_SHIFT_SETTING
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_RETRY: dict[str, Any] = {
@@ -104,11 +107,15 @@ def vault_drop(azurite: Azurite, tmp: Path, vault: KeyVaultStandIn, *, rows: int
     return relay, tenant, path
 
 
-def wait_for_lease_expiry(relay: Relay, tenant: str) -> None:
+def skip_past_lease(relay: Relay, tenant: str) -> ShiftedClock:
+    """Move the relay's clock just past the drop's lease (the next attempt may take over), without sleeping."""
     [record] = list(relay.rt.ledger.list(tenant=tenant))
+    clock = relay.rt.clock if isinstance(relay.rt.clock, ShiftedClock) else ShiftedClock()
     until = record.lease_until
-    if until is not None:
-        time.sleep(max(0.0, (until - utcnow()).total_seconds()) + 0.2)
+    if until is not None and until >= clock():
+        clock.advance(until - clock() + timedelta(milliseconds=200))
+    relay.rt.clock = clock
+    return clock
 
 
 def test_sigkill_at_many_points_then_redeliver(azurite: Azurite, tmp_path: Path) -> None:
@@ -118,7 +125,10 @@ def test_sigkill_at_many_points_then_redeliver(azurite: Azurite, tmp_path: Path)
     expected = list(generate_rows(3000))
     env = {**os.environ, **relay.env, "PYTHONPATH": str(ROOT)}
     kill_after = [1, 9, 23, 40]  # puts seen in each run before SIGKILL
+    shift = timedelta(0)
     for k in kill_after:
+        # Each worker's clock runs past the lease the killed one left (instead of the test sleeping it out).
+        env[CLOCK_SHIFT_SETTING] = str(shift.total_seconds())
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.fault_worker", relay.landing.container_name, path],
             stdout=subprocess.PIPE,
@@ -139,7 +149,7 @@ def test_sigkill_at_many_points_then_redeliver(azurite: Azurite, tmp_path: Path)
         assert proc.returncode == -signal.SIGKILL
         [record] = list(relay.rt.ledger.list(tenant=tenant))
         assert record.state == "in_progress"
-        wait_for_lease_expiry(relay, tenant)
+        shift = skip_past_lease(relay, tenant).offset
     # The event is delivered again (at least once): the next attempt takes over and resumes.
     outcome = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
     assert outcome.status == "delivered", outcome.reason
@@ -231,6 +241,7 @@ def test_stalled_worker_stops_sending_once_its_lease_lapses(azurite: Azurite, tm
     from shared.ledger import new_owner_id
 
     relay = fault_relay(azurite, tmp_path, DROP_LEASE_SECONDS="2")
+    relay.rt.clock = clock = ManualClock(utcnow())
     tenant = relay.new_tenant()
     _, path = relay.drop(tenant, rows=50)
     from shared.location import location_from_blob
@@ -239,7 +250,9 @@ def test_stalled_worker_stops_sending_once_its_lease_lapses(azurite: Azurite, tm
     claim = relay.rt.ledger.claim(loc, tenant, new_owner_id(), 2)
     guard = _Checkpointer(relay.rt, claim.record)
     guard.guard(None)  # fresh lease: sending allowed
-    time.sleep(1.9)
+    clock.advance(seconds=1.7)
+    guard.guard(None)  # still inside the lease less its safety margin
+    clock.advance(seconds=0.2)  # 1.9 s without a renewal: past the lease less its margin
     from shared.errors import LeaseLost
 
     with pytest.raises(LeaseLost):
@@ -299,9 +312,9 @@ def test_resume_after_a_settings_change_packs_as_the_first_attempt(azurite: Azur
         QueueSink.put = original  # type: ignore[method-assign]
     [record] = list(relay.rt.ledger.list(tenant=tenant))
     assert record.checkpoint_seq >= 0 and record.props["Encoding"] == "json"
-    wait_for_lease_expiry(relay, tenant)
+    clock = skip_past_lease(relay, tenant)
 
-    changed = Runtime(Settings.from_env(relay.env | {"DOWNSTREAM_MESSAGE_ENCODING": "gzip-base64"}))
+    changed = Runtime(Settings.from_env(relay.env | {"DOWNSTREAM_MESSAGE_ENCODING": "gzip-base64"}), clock=clock)
     outcome = ingest_metadata_blob(changed, relay.landing.container_name, path)
     assert outcome.status == "delivered", outcome.reason
     [record] = list(relay.rt.ledger.list(tenant=tenant))

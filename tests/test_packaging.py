@@ -56,9 +56,17 @@ def ignored(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
 
+def top_level_entries() -> set[str]:
+    """The repository's top-level files and folders (tracked ones; without git, those .gitignore keeps)."""
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False)
+    if listed.returncode == 0 and listed.stdout.strip():
+        return {line.split("/")[0] for line in listed.stdout.splitlines() if line}
+    untracked = [p.rstrip("/") for p in (ROOT / ".gitignore").read_text(encoding="utf-8").split() if p]
+    return {p.name for p in ROOT.iterdir() if p.name != ".git" and not ignored(p.name, untracked)}
+
+
 def test_funcignore_leaves_out_everything_the_app_does_not_need() -> None:
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    top_level = {line.split("/")[0] for line in tracked.splitlines() if line}
+    top_level = top_level_entries()
     patterns = funcignore_patterns()
     shipped = {name for name in top_level if not ignored(name, patterns)}
     assert shipped == set(APP), f"deployed but not needed: {sorted(shipped - set(APP))}"

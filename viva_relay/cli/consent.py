@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shared.metadata import GUID_RE
+from shared.ids import is_guid
 
 from . import common
 
@@ -15,7 +15,7 @@ CONSENT_URL = "https://admin.microsoft.com/Adminportal/Home#/Settings/MGDCAdminC
 
 def _guid(what: str) -> Any:
     def parse(text: str) -> str:
-        if not GUID_RE.match(text.strip()):
+        if not is_guid(text.strip()):
             raise argparse.ArgumentTypeError(f"{text!r} is not {what} (a GUID)")
         return text.strip().lower()
 

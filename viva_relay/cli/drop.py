@@ -25,13 +25,14 @@ from devtools.simulate import (
     simulate_drop,
 )
 from shared import storage
-from shared.config import KNOWN_UNWRAP_ALGORITHMS, LANDING_CONNECTION
+from shared.config import KNOWN_UNWRAP_ALGORITHMS, LANDING_CONNECTION, parse_unwrap_algorithms
 from shared.errors import ConfigError, MetadataError, MetadataNotReady, VivaRelayError
+from shared.ids import is_guid
 from shared.ingest import check_tenant, stream_drop
 from shared.keyfolder import KeyFolder, key_version
 from shared.keys import KeyUnwrapper
 from shared.location import METADATA_SUFFIX, DropLocation, is_metadata_blob
-from shared.metadata import GUID_RE, parse_metadata
+from shared.metadata import parse_metadata
 from shared.runtime import default_credential
 from shared.sinks import StreamSink
 from shared.sources import BlobDropSource, DropSource, FolderDropSource
@@ -43,13 +44,14 @@ _CONTAINER_NAME = re.compile(r"^(?!-)(?!.*--)[a-z0-9-]{3,63}(?<!-)$")
 
 
 def _algorithms(text: str) -> tuple[str, ...]:
-    names = tuple(a.strip().upper() for a in text.split(",") if a.strip())
-    unknown = [n for n in names if n not in KNOWN_UNWRAP_ALGORITHMS]
-    if unknown or not names:
+    try:
+        return parse_unwrap_algorithms(text)
+    except ConfigError:
+        unknown = [n.strip().upper() for n in text.split(",") if n.strip().upper() not in KNOWN_UNWRAP_ALGORITHMS]
         raise argparse.ArgumentTypeError(
-            f"unknown RSA padding {', '.join(unknown) or text!r}; choose from {', '.join(KNOWN_UNWRAP_ALGORITHMS)}"
-        )
-    return names
+            f"unknown RSA padding {', '.join(n for n in unknown if n) or text!r};"
+            f" choose from {', '.join(KNOWN_UNWRAP_ALGORITHMS)}"
+        ) from None
 
 
 def _configured_algorithms(args: argparse.Namespace) -> tuple[str, ...]:
@@ -62,7 +64,7 @@ def _configured_algorithms(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _tenant(text: str) -> str:
-    if not GUID_RE.match(text):
+    if not is_guid(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a tenant id (a GUID)")
     return text.lower()
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.config import parse_key_source
 from shared.errors import ConfigError
 from shared.keycheck import TenantKeyStore
 from shared.keyfolder import KeyFolder, KeyFolderUnwrapper
@@ -83,10 +84,8 @@ def key_source(args: argparse.Namespace) -> KeySource:
         return KeySource(vault_url=check_vault_url(args.vault_url), env=env)
     if getattr(args, "key_folder", None):
         return KeySource(folder=Path(args.key_folder), env=env)
-    source = env.get("KEY_SOURCE", "").strip().lower()
+    source = parse_key_source(env.get("KEY_SOURCE", ""))
     vault = env.get("KEY_VAULT_URL", "").strip()
-    if source not in ("", "keyvault", "folder"):
-        raise ConfigError(f"KEY_SOURCE must be keyvault or folder, not {source!r}")
     if source == "folder" or (not source and not vault):
         return KeySource(folder=Path(env.get("KEY_FOLDER") or "keys"), env=env)
     if not vault:
