@@ -24,8 +24,8 @@ from . import storage
 from .clock import Clock, utc_now
 from .config import LANDING_CONNECTION, RELAY_CONNECTION, Settings
 from .errors import ConfigError
-from .keyfolder import KeyFolderUnwrapper
 from .keys import KeyUnwrapper
+from .keysources import key_source
 from .ledger import TableDropLedger
 
 if TYPE_CHECKING:
@@ -218,14 +218,14 @@ class Runtime:
 
     @cached_property
     def unwrapper(self) -> KeyUnwrapper:
-        """Key Vault in Azure; the local key folder when KEY_SOURCE=folder."""
+        """The ``KEY_SOURCE`` backend's unwrapper (shared/keysources.py): Key Vault in Azure, a folder locally."""
         s = self.settings
-        if s.key_source == "folder":
-            return KeyFolderUnwrapper(s.key_folder, s.unwrap_algorithms)
-        from .keyvault import KeyVaultUnwrapper
-
-        options = keyvault_client_options(s.env, s.key_vault_url) | self.keyvault_kwargs
-        return KeyVaultUnwrapper(s.require_key_vault(), self.credential, s.unwrap_algorithms, **options)
+        source = key_source(s.key_source)
+        where = source.where(s)
+        if not source.needs_credential:
+            return source.unwrapper(where, s.unwrap_algorithms, None, {})
+        options = keyvault_client_options(s.env, where) | self.keyvault_kwargs
+        return source.unwrapper(where, s.unwrap_algorithms, self.credential, options)
 
     def datafactory(self, subscription_id: str) -> DataFactoryManagementClient:
         """A Data Factory (ARM) client for ``subscription_id``, built once per subscription.

@@ -16,8 +16,9 @@ from pathlib import Path
 from shared.config import parse_key_source
 from shared.errors import ConfigError
 from shared.keycheck import TenantKeyStore
-from shared.keyfolder import KeyFolder, KeyFolderUnwrapper
 from shared.keys import KeyUnwrapper
+from shared.keysources import KEY_SOURCES
+from shared.keysources import KeySource as Source
 
 from . import common
 
@@ -52,27 +53,30 @@ class KeySource:
         """For messages."""
         return f"Key Vault {self.vault_url}" if self.vault_url else f"the key folder {self.folder}"
 
+    @property
+    def backend(self) -> Source:
+        """The registered key source (shared/keysources.py) this names."""
+        return KEY_SOURCES["keyvault" if self.vault_url else "folder"]
+
+    @property
+    def where(self) -> str:
+        """The vault URL or the folder path."""
+        return self.vault_url or str(self.folder or Path("keys"))
+
     @contextlib.contextmanager
     def store(self) -> Iterator[TenantKeyStore]:
         """The key store (closed afterwards)."""
-        if not self.vault_url:
-            yield KeyFolder(self.folder or Path("keys"))
-            return
-        from shared.keyvault_admin import VaultKeys
-
-        with VaultKeys.from_env(self.vault_url, self.env) as vault:
-            yield vault
+        with self.backend.store(self.where, self.env) as store:
+            yield store
 
     def unwrapper(self, algorithms: tuple[str, ...]) -> KeyUnwrapper:
         """The unwrapper for ``drop decrypt``: Key Vault's decrypt, or the folder's PEM files."""
-        if not self.vault_url:
-            return KeyFolderUnwrapper(self.folder or Path("keys"), algorithms)
-        from shared.keyvault import KeyVaultUnwrapper
+        if not self.backend.needs_credential:
+            return self.backend.unwrapper(self.where, algorithms, None, {})
         from shared.runtime import default_credential, keyvault_client_options
 
-        credential = default_credential(self.env, target=self.vault_url)
-        options = keyvault_client_options(self.env, self.vault_url)
-        return KeyVaultUnwrapper(self.vault_url, credential, algorithms, **options)
+        credential = default_credential(self.env, target=self.where)
+        return self.backend.unwrapper(self.where, algorithms, credential, keyvault_client_options(self.env, self.where))
 
 
 def key_source(args: argparse.Namespace) -> KeySource:
