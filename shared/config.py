@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from .encodings import ENCODINGS
 from .errors import ConfigError
 
 #: Connection names used by the triggers (``connection=`` on the decorators) and by the library.
 LANDING_CONNECTION: Final = "LandingStorage"
 RELAY_CONNECTION: Final = "RelayStorage"
 
-MESSAGE_ENCODINGS: Final = ("gzip-base64", "base64", "json")
+MESSAGE_ENCODINGS: Final = tuple(ENCODINGS)  # the registry in shared/encodings.py, default first
 KEY_SOURCES: Final = ("keyvault", "folder")
 #: Key Vault's names for the RSA paddings we may try (SPEC.md: unconfirmed which one MGDC uses).
 KNOWN_UNWRAP_ALGORITHMS: Final = ("RSA-OAEP-256", "RSA-OAEP", "RSA1_5")

@@ -9,7 +9,6 @@ See ``docs/messages.md``.
 
 from __future__ import annotations
 
-import base64
 import json
 from bisect import bisect_right
 from collections.abc import Iterator
@@ -17,16 +16,15 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
-from isal import isal_zlib
-
 from .bytepath import keep_heap_warm
+from .encodings import GZIP_LEVEL, GZIP_WBITS, decode_payload, message_encoding
 from .errors import RowTooLarge
 
 #: Azure Storage queue messages are limited to 64 KiB as stored (after any Base64).
 QUEUE_MESSAGE_LIMIT = 64 * 1024
 CONTRACT_VERSION = 1
-_GZIP_WBITS = 31
-_GZIP_LEVEL = 1
+_GZIP_WBITS = GZIP_WBITS  # older names; the encodings' home is shared/encodings.py
+_GZIP_LEVEL = GZIP_LEVEL
 _plus_one = (1).__add__  # a row's length plus its separator, without a Python-level call per row
 
 
@@ -51,24 +49,13 @@ class Message:
 
 
 def encode_body(body: bytes, encoding: str) -> str:
-    """Encode a message body for the queue: ``json`` (as is), ``base64``, or ``gzip-base64``."""
-    if encoding == "json":
-        return body.decode("utf-8")
-    if encoding == "base64":
-        return base64.b64encode(body).decode("ascii")
-    if encoding == "gzip-base64":
-        return base64.b64encode(isal_zlib.compress(body, _GZIP_LEVEL, _GZIP_WBITS)).decode("ascii")
-    raise ValueError(f"unknown message encoding {encoding!r}")
+    """Encode a message body for the queue with a registered encoding (shared/encodings.py)."""
+    return message_encoding(encoding).encode(body)
 
 
 def decode_message(payload: str | bytes) -> dict[str, Any]:
     """Decode a message of any of the three encodings (what a consumer does)."""
-    data = payload.encode("utf-8") if isinstance(payload, str) else payload
-    stripped = data.lstrip()
-    if not stripped.startswith(b"{"):
-        data = base64.b64decode(data)
-        if data[:2] == b"\x1f\x8b":
-            data = isal_zlib.decompress(data, _GZIP_WBITS)
+    data = decode_payload(payload.encode("utf-8") if isinstance(payload, str) else payload)
     doc = json.loads(data)
     if not isinstance(doc, dict):
         raise ValueError("a message is a JSON object")
@@ -79,14 +66,13 @@ class MessagePacker:
     """Turns batches of raw JSON rows into messages that fit the queue limit as stored."""
 
     def __init__(self, envelope: Envelope, encoding: str = "gzip-base64", limit: int = QUEUE_MESSAGE_LIMIT):
-        if encoding not in ("json", "base64", "gzip-base64"):
-            raise ValueError(f"unknown message encoding {encoding!r}")
+        self._codec = message_encoding(encoding)  # ValueError for an unknown one
         keep_heap_warm()  # compressing a message allocates several blocks of 100 KiB and more
         self.envelope = envelope
         self.encoding = encoding
         self.limit = limit
         # Bytes the JSON body may have so that its encoded form fits the limit.
-        self._body_limit = limit if encoding == "json" else (limit // 4) * 3
+        self._body_limit = self._codec.body_limit(limit)
         self._prefix = (
             '{"type":"rows","v":%d,"tenant":%s,"drop":%s,"table":%s,'
             % (
@@ -111,7 +97,7 @@ class MessagePacker:
 
     def _raw_target(self) -> int:
         budget = self._body_limit - len(self._header(self.seq, self.rows, 10**9)) - 2
-        if self.encoding == "gzip-base64":
+        if self._codec.compressed:
             return int(budget * self._ratio * 0.95)
         return budget
 
@@ -130,7 +116,7 @@ class MessagePacker:
         return n
 
     def _cut(self) -> Message:
-        if self.encoding != "gzip-base64":
+        if not self._codec.compressed:
             n = self._fit_raw()
             payload = encode_body(self._body(n), self.encoding)
         else:
