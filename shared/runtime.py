@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 #: Test-only setting: when set, :func:`default_credential` hands out this fixed bearer token instead of
 #: signing in, so the CLI can reach the local HTTPS stand-ins in devtools/ from a subprocess.
 TEST_TOKEN_SETTING = "VIVA_RELAY_TEST_TOKEN"  # noqa: S105 - the setting's name, not a token
+#: Test-only setting beside it: the local stand-ins' certificates (PEM), trusted for loopback URLs only.
+TEST_CA_BUNDLE_SETTING = "VIVA_RELAY_TEST_CA_BUNDLE"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -79,7 +81,15 @@ def keyvault_client_options(env: Mapping[str, str] | None, vault_url: str) -> di
     """
     e = os.environ if env is None else env
     if e.get(TEST_TOKEN_SETTING, "").strip() and urlsplit(vault_url).hostname in _LOOPBACK:
-        return {"verify_challenge_resource": False}
+        return {"verify_challenge_resource": False} | standin_tls_options(e, vault_url)
+    return {}
+
+
+def standin_tls_options(env: Mapping[str, str], url: str) -> dict[str, Any]:
+    """``connection_verify`` for a loopback stand-in when VIVA_RELAY_TEST_CA_BUNDLE is set (else nothing)."""
+    bundle = env.get(TEST_CA_BUNDLE_SETTING, "").strip()
+    if bundle and env.get(TEST_TOKEN_SETTING, "").strip() and urlsplit(url).hostname in _LOOPBACK:
+        return {"connection_verify": bundle}
     return {}
 
 
@@ -216,11 +226,13 @@ class Runtime:
         with self._lock:
             client = self._datafactory.get(subscription_id)
             if client is None:
+                base_url = self.settings.data_factory_base_url
+                options = standin_tls_options(self.settings.env, base_url) if base_url else {}
                 client = DataFactoryManagementClient(
                     credential,
                     subscription_id,
-                    base_url=self.settings.data_factory_base_url or None,
-                    **self.datafactory_kwargs,
+                    base_url=base_url or None,
+                    **(options | self.datafactory_kwargs),
                 )
                 self._datafactory[subscription_id] = client
             return client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from shared.keyfolder import KeyFolder
 from shared.messages import decode_message
 from shared.runtime import Runtime
 from shared.simulate import BlobWriter, DropVariant, SimulatedDrop, sample_layout_root, simulate_drop
+
+# Tests configure every command themselves: never the developer's ./local.settings.json from `make dev`.
+os.environ["VIVA_RELAY_SETTINGS"] = "none"
 
 #: Lines the fault-injection tests report (rows expected, after de-duplication, duplicates, lost).
 FAULT_REPORTS: list[str] = []

@@ -25,19 +25,36 @@ EXIT_TRANSIENT = 4  # Azure unreachable or throttled: try again later
 Handler = Callable[[argparse.Namespace], int]
 
 
+#: Names the settings file instead of ./local.settings.json; ``none`` reads no file.
+SETTINGS_ENV = "VIVA_RELAY_SETTINGS"
+DEFAULT_SETTINGS_FILE = "local.settings.json"
+
+
 def add_settings_option(parser: argparse.ArgumentParser) -> None:
     """``--settings FILE``: read app settings from a local.settings.json (environment wins)."""
     parser.add_argument(
         "--settings",
         metavar="FILE",
-        help="a local.settings.json whose Values are used as settings (the environment overrides them)",
+        help=f"a local.settings.json whose Values are used as settings (default: ${SETTINGS_ENV}, else"
+        f" ./{DEFAULT_SETTINGS_FILE} when present; environment variables override single values)",
     )
 
 
+def settings_file(args: argparse.Namespace) -> str | None:
+    """The settings file to read: --settings, else $VIVA_RELAY_SETTINGS, else ./local.settings.json if present."""
+    explicit = getattr(args, "settings", None)
+    if explicit:
+        return str(explicit)
+    named = os.environ.get(SETTINGS_ENV, "").strip()
+    if named:
+        return None if named.lower() == "none" else named
+    return DEFAULT_SETTINGS_FILE if Path(DEFAULT_SETTINGS_FILE).is_file() else None
+
+
 def load_env(args: argparse.Namespace) -> dict[str, str]:
-    """The environment, with a local.settings.json's Values underneath it when given."""
+    """The environment, with a local.settings.json's Values underneath it (see :func:`settings_file`)."""
     env: dict[str, str] = {}
-    path = getattr(args, "settings", None)
+    path = settings_file(args)
     if path:
         try:
             doc = json.loads(Path(path).read_text(encoding="utf-8"))

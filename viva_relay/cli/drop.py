@@ -194,13 +194,13 @@ def simulate_command(args: argparse.Namespace) -> int:
         bom=args.bom,
         final_newline=not args.no_final_newline,
     )
-    if args.vault_url:
+    keys = key_source(args)
+    if keys.vault_url:
         from shared.keyvault_admin import public_key_from_vault
 
-        public, version = public_key_from_vault(args.vault_url, args.tenant)
+        public, version = public_key_from_vault(keys.vault_url, args.tenant, env=keys.env)
     else:
-        folder = KeyFolder(_key_folder(args))
-        public = folder.public_key(args.tenant)
+        public = KeyFolder(keys.folder or _key_folder(args)).public_key(args.tenant)
         version = key_version(public)
     writer: DropWriter
     run_id = ""
