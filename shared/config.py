@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .errors import ConfigError
+from .preflight import check_vault_url
 
 #: Connection names used by the triggers (``connection=`` on the decorators) and by the library.
 LANDING_CONNECTION: Final = "LandingStorage"
@@ -113,8 +114,8 @@ class Settings:
         if key_source not in KEY_SOURCES:
             raise ConfigError(f"KEY_SOURCE must be keyvault or folder, not {key_source!r}")
         vault = get("KEY_VAULT_URL", "").strip()
-        if vault and not vault.startswith("https://"):
-            raise ConfigError(f"KEY_VAULT_URL must be the vault's https:// URI, not {vault!r}")
+        if vault:
+            check_vault_url(vault, "KEY_VAULT_URL")
         algorithms = tuple(
             a.strip().upper().replace("RSA1_5", "RSA1_5")
             for a in get("UNWRAP_ALGORITHMS", ",".join(d.unwrap_algorithms)).split(",")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any, TextIO
 
 from shared.config import Settings
 from shared.errors import ConfigError, DropError, TransientError, VivaRelayError
+from shared.preflight import NotSignedIn
 from shared.runtime import Runtime
 
 #: Exit codes monitoring can rely on.
@@ -82,6 +85,8 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
     """Run a command, turning known errors into one line on stderr and a meaningful exit code."""
     try:
         return handler(args)
+    except NotSignedIn as exc:
+        return fail(str(exc), EXIT_CONFIG)
     except ConfigError as exc:
         return fail(f"configuration: {exc}", EXIT_CONFIG)
     except DropError as exc:
@@ -147,13 +152,29 @@ class Progress:
             self.stream.flush()
 
 
+#: Width a folded last column gets at least, whatever the terminal (narrower would be unreadable).
+_MIN_FOLD_WIDTH = 40
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str], *, stream: TextIO | None = None) -> None:
-    """A plain, aligned text table."""
+    """A plain, aligned text table.
+
+    Nothing is ever cut short: a long last cell (a reason, a message) folds onto continuation
+    lines aligned under its column, at the terminal's width (or 120 columns when not a terminal).
+    """
     out = stream or sys.stdout
     if not rows:
         out.write("(none)\n")
         return
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    cells = [{c: " ".join(str(r.get(c, "")).split()) for c in columns} for r in rows]
+    last = columns[-1]
+    widths = {c: max(len(c), *(len(cell[c]) for cell in cells)) for c in columns}
+    indent = sum(widths[c] + 2 for c in columns[:-1])
+    room = max(_MIN_FOLD_WIDTH, shutil.get_terminal_size((120, 24)).columns - indent - 1)
     out.write("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip() + "\n")
-    for r in rows:
-        out.write("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() + "\n")
+    for cell in cells:
+        lines = textwrap.wrap(cell[last], room, break_on_hyphens=False) or [""]
+        head = "  ".join(cell[c].ljust(widths[c]) for c in columns[:-1])
+        out.write(f"{head}  {lines[0]}".rstrip() + "\n")
+        for more in lines[1:]:
+            out.write(" " * indent + more + "\n")

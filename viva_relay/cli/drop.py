@@ -400,6 +400,12 @@ def ingest_command(args: argparse.Namespace) -> int:
             f"{container} is not the landing container {rt.settings.landing_container} (LANDING_CONTAINER)",
             common.EXIT_USAGE,
         )
+    if not rt.landing_container(container).get_blob_client(blob).exists():
+        # A typo or a placeholder path: say so, and leave no ledger row behind.
+        return common.fail(
+            f"not found: there is no {container}/{blob} (a drop of Microsoft's layout is at"
+            f" {container}/<run id>/VivaInsights/<tenant id>; `drops list` and `runs list` show the drops and runs)"
+        )
     outcome = ingest_metadata_blob(rt, container, blob)
     print(json.dumps(outcome.as_dict(), indent=2, default=str))
     if outcome.status in ("delivered", "skipped"):

@@ -92,8 +92,8 @@ def _short_time(value: Any) -> str:
 
 
 def _shorten(text: str, width: int = REASON_WIDTH) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+    # Never cut: the table folds a long reason onto continuation lines (common.print_table).
+    return " ".join(text.split())
 
 
 def _state(record: DropRecord) -> str:

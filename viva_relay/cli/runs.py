@@ -16,7 +16,8 @@ from datetime import date
 from typing import Any
 
 from shared.errors import VivaRelayError
-from shared.runs import drops_of_run, follow_runs, run_ledger, start_runs
+from shared.preflight import require_sign_in
+from shared.runs import drops_of_run, follow_runs, run_ledger, start_runs, tenant_registry
 from shared.runtime import ARM_ENDPOINT, Runtime, check_test_token
 
 from . import common
@@ -86,14 +87,27 @@ def runtime_for_runs(args: argparse.Namespace) -> Runtime:
 
 
 def _short(text: str, width: int = 80) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    # Never cut: the table folds a long message onto continuation lines (common.print_table).
+    return " ".join(text.split())
+
+
+def check_ready(rt: Runtime, tenant: str | None) -> None:
+    """Before any call: every tenant to start has a usable factory (exit 3), and someone is signed in."""
+    registry = tenant_registry(rt)
+    tenants = [registry.require(tenant)] if tenant else [t for t in registry.list() if t.enabled]
+    for t in tenants:
+        t.factory(rt.settings)
+    if tenants:
+        base = rt.settings.data_factory_base_url or ARM_ENDPOINT
+        require_sign_in(rt.credential, f"{ARM_ENDPOINT}/.default", f"Data Factory ({base})")
 
 
 def start_command(args: argparse.Namespace) -> int:
     """Start runs now."""
+    rt = runtime_for_runs(args)
+    check_ready(rt, args.tenant)
     outcomes = start_runs(
-        runtime_for_runs(args),
+        rt,
         tenant=args.tenant,
         trigger="manual",
         start_date=args.start_date,
