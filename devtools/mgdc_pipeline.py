@@ -135,10 +135,13 @@ class MgdcPipelineStandIn(DataFactoryStandIn):
                 "DataFactoryName": factory,
             },
         )
+        copy_started = time.monotonic()
         try:
             simulate_drop(writer, tenant_id=tenant, public_key=public, key_version=version, rows=self.rows)
         except Exception as exc:
             self._set(run_id, "Failed", f"Operation on target CopyPersonReport failed: {exc}")
             return
+        # A real copy takes minutes: stay InProgress at least one step, so a follower sees every status.
+        time.sleep(max(0.0, self.step_seconds - (time.monotonic() - copy_started)))
         log.info("pipeline run %s wrote its drop at %s", run_id, root)
         self._set(run_id, "Succeeded")

@@ -28,6 +28,10 @@ EXIT_TRANSIENT = 4  # Azure unreachable or throttled: try again later
 Handler = Callable[[argparse.Namespace], int]
 
 
+class UsageError(VivaRelayError):
+    """A command line argparse cannot judge alone (exit 2, like argparse's own errors)."""
+
+
 #: Names the settings file instead of ./local.settings.json; ``none`` reads no file.
 SETTINGS_ENV = "VIVA_RELAY_SETTINGS"
 DEFAULT_SETTINGS_FILE = "local.settings.json"
@@ -85,6 +89,8 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
     """Run a command, turning known errors into one line on stderr and a meaningful exit code."""
     try:
         return handler(args)
+    except UsageError as exc:
+        return fail(str(exc), EXIT_USAGE)
     except NotSignedIn as exc:
         return fail(str(exc), EXIT_CONFIG)
     except ConfigError as exc:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import date
 from typing import Any
 
 from shared.errors import VivaRelayError
 from shared.preflight import require_sign_in
-from shared.runs import drops_of_run, follow_runs, run_ledger, start_runs, tenant_registry
+from shared.runs import FollowOutcome, drops_of_run, follow_runs, run_ledger, start_runs, tenant_registry
 from shared.runtime import ARM_ENDPOINT, Runtime, check_test_token
 
 from . import common
@@ -56,7 +57,12 @@ def register(sub: Any) -> None:
     common.add_settings_option(start)
     start.set_defaults(handler=start_command)
 
-    lst = cmds.add_parser("list", help="list recorded runs, newest first")
+    lst = cmds.add_parser(
+        "list",
+        help="list recorded runs, newest first",
+        description="One line per run: tenant, status, when it started and ended, its drop's state, Data Factory's"
+        " message (never cut; `runs show RUN_ID` has everything).",
+    )
     lst.add_argument("--tenant", type=_tenant, help="only this tenant's runs")
     lst.add_argument("--status", help="only runs with this status (e.g. Failed, InProgress, StartFailed)")
     lst.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50; 0: all)")
@@ -64,17 +70,37 @@ def register(sub: Any) -> None:
     common.add_settings_option(lst)
     lst.set_defaults(handler=list_command)
 
-    show = cmds.add_parser("show", help="one run as JSON, with the drops it produced")
-    show.add_argument("run_id", metavar="RUN_ID")
+    show = cmds.add_parser(
+        "show",
+        help="one run as JSON, with the drops it produced",
+        description="Print a run's ledger row (status, message, factory, parameters) and its drops as JSON.",
+    )
+    show.add_argument("run_id", metavar="RUN_ID", help="the pipeline run id (runs list shows it)")
     common.add_settings_option(show)
     show.set_defaults(handler=show_command)
 
     follow = cmds.add_parser(
         "follow",
-        help="poll every unfinished run once (what the follow timer does)",
-        description="Exit code 1 when a run failed, was lost, or succeeded without a drop in time.",
+        help="poll every unfinished run once (what the follow timer does), or with --watch until they end",
+        description="Poll every run the ledger still follows and record what Data Factory says. With --watch, keep"
+        " polling and print each change (Queued -> InProgress -> Succeeded -> drop found) until no run is left to"
+        " follow. Exit code 1 when a run failed, was lost, or succeeded without a drop in time; 4 when --timeout"
+        " passed first.",
     )
     follow.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    follow.add_argument(
+        "--watch", action="store_true", help="follow the runs to their end (their drop found), printing each change"
+    )
+    follow.add_argument(
+        "--interval", type=float, default=5.0, metavar="SECONDS", help="seconds between polls with --watch (default 5)"
+    )
+    follow.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="with --watch, stop after this many seconds (default 3600; exit 4)",
+    )
     common.add_settings_option(follow)
     follow.set_defaults(handler=follow_command)
 
@@ -170,7 +196,9 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def follow_command(args: argparse.Namespace) -> int:
-    """Poll unfinished runs once."""
+    """Poll unfinished runs once (or, with --watch, until none is left)."""
+    if args.watch:
+        return watch_command(args)
     outcomes = follow_runs(runtime_for_runs(args))
     if args.json:
         for o in outcomes:
@@ -188,3 +216,34 @@ def follow_command(args: argparse.Namespace) -> int:
         ]
         common.print_table(rows, ["tenant", "run_id", "status", "event", "message"])
     return common.EXIT_PROBLEM if any(o.event in _BAD_EVENTS for o in outcomes) else common.EXIT_OK
+
+
+def _change_line(o: FollowOutcome, started: float) -> str:
+    elapsed = time.monotonic() - started
+    text = f"{elapsed:6.1f}s  {o.tenant_id}  {o.run_id}  {o.status:<10} {o.event}"
+    return f"{text}: {' '.join(o.message.split())}" if o.message else text
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    """Poll every --interval seconds until no run is left to follow; print each change as it happens."""
+    rt = runtime_for_runs(args)
+    started = time.monotonic()
+    shown: dict[str, tuple[str, str]] = {}
+    last: dict[str, FollowOutcome] = {}
+    while True:
+        outcomes = follow_runs(rt)
+        for o in outcomes:
+            last[o.run_id] = o
+            if shown.get(o.run_id) != (o.status, o.event):
+                shown[o.run_id] = (o.status, o.event)
+                line = json.dumps(o.as_dict()) if args.json else _change_line(o, started)
+                print(line, flush=True)
+        if not outcomes or not run_ledger(rt).watched():
+            break
+        if time.monotonic() - started + args.interval > args.timeout:
+            still = ", ".join(f"{o.run_id} ({o.status})" for o in outcomes)
+            return common.fail(f"still following after {args.timeout:.0f} s: {still}", common.EXIT_TRANSIENT)
+        time.sleep(args.interval)
+    if not last and not args.json:
+        print("no run to follow (runs start starts one; runs list shows them all)")
+    return common.EXIT_PROBLEM if any(o.event in _BAD_EVENTS for o in last.values()) else common.EXIT_OK
