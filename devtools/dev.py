@@ -96,8 +96,13 @@ def write_settings(path: Path, settings: dict[str, str]) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def up(state: Path = STATE_DIR, settings_file: Path = SETTINGS_FILE, *, rows: int = 1000) -> dict[str, str]:
-    """Start Azurite and the local services (unless running) and write the settings file; returns the settings."""
+def up(
+    state: Path = STATE_DIR, settings_file: Path = SETTINGS_FILE, *, rows: int = 1000, usual_ports: bool = True
+) -> dict[str, str]:
+    """Start Azurite and the local services (unless running) and write the settings file; returns the settings.
+
+    ``usual_ports=False`` always takes free ports (tests, beside a developer's own ``make dev``).
+    """
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     if _pid_of(state, "services") and (state / SERVICES_FILE).exists():
@@ -105,7 +110,7 @@ def up(state: Path = STATE_DIR, settings_file: Path = SETTINGS_FILE, *, rows: in
         write_settings(settings_file, settings)
         return settings
     down(state)
-    azurite = Azurite(location=state / "azurite", ports=_ports())
+    azurite = Azurite(location=state / "azurite", ports=_ports() if usual_ports else None)
     (state / "azurite").mkdir(exist_ok=True)
     proc = _spawn(state, "azurite", azurite.command(), cwd=state)  # Azurite writes its own files to its cwd
     try:
