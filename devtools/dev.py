@@ -24,13 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+from viva_relay.cli.common import LOCAL_SERVICES_MARKER
+
 from .azurite import ROOT, Azurite, free_port
 from .devservices import SERVICES_FILE
 
 STATE_DIR = ROOT / ".dev"
 SETTINGS_FILE = ROOT / "local.settings.json"
 #: Marks a settings file as written by ``make dev`` (one written by hand is kept as a .bak copy).
-MARKER = "VIVA_RELAY_LOCAL_SERVICES"
+MARKER = LOCAL_SERVICES_MARKER
 #: What must appear in a process's command line for ``down`` to stop it (never a process we did not start).
 _SIGNATURES = {"azurite": "azurite", "services": "devtools.devservices"}
 

@@ -347,3 +347,19 @@ def test_azurite_keeps_its_data_where_told_with_telemetry_off(tmp_path: Path) ->
         command = azurite.command()
     assert "--disableTelemetry" in command and "--inMemoryPersistence" not in command
     assert any((tmp_path / "data").rglob("*"))
+
+
+def test_make_devs_settings_with_its_services_stopped_say_so(tmp_path: Path) -> None:
+    from devtools.azurite import ACCOUNT, KEY, free_port
+
+    port = free_port()  # nothing listens there
+    stopped = (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};QueueEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+        f"TableEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"
+    )
+    values = {"LandingStorage": stopped, "RelayStorage": stopped, common.LOCAL_SERVICES_MARKER: "make dev"}
+    (tmp_path / "local.settings.json").write_text(json.dumps({"Values": values}))
+    done = cli("drops", "list", "--settings", str(tmp_path / "local.settings.json"))
+    assert done.returncode == 4, done.stderr
+    assert "its local services are not running (start them with `make dev`)" in done.stderr

@@ -98,7 +98,7 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
     except DropError as exc:
         return fail(f"{exc.code}: {exc.reason}", EXIT_PROBLEM)
     except TransientError as exc:
-        return fail(f"temporarily unavailable: {exc}", EXIT_TRANSIENT)
+        return fail(f"temporarily unavailable: {exc}{_local_services_hint(args, str(exc))}", EXIT_TRANSIENT)
     except VivaRelayError as exc:
         return fail(str(exc), EXIT_PROBLEM)
     except BrokenPipeError:
@@ -114,6 +114,23 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
         if getattr(args, "verbose", False):
             raise
         return fail(f"unexpected error: {type(exc).__name__}: {exc} (run with -v for details)", EXIT_PROBLEM)
+
+
+#: Set in the settings file `make dev` writes (devtools/dev.py).
+LOCAL_SERVICES_MARKER = "VIVA_RELAY_LOCAL_SERVICES"
+
+
+def _local_services_hint(args: argparse.Namespace, message: str) -> str:
+    """When settings from `make dev` meet a refused connection, the cause is that its services are stopped."""
+    if "refused" not in message.lower():
+        return ""
+    try:
+        env = load_env(args)
+    except ConfigError:
+        return ""
+    if not env.get(LOCAL_SERVICES_MARKER):
+        return ""
+    return "; these settings are `make dev`'s: its local services are not running (start them with `make dev`)"
 
 
 class Progress:
