@@ -99,11 +99,17 @@ def write_settings(path: Path, settings: dict[str, str]) -> None:
 
 
 def up(
-    state: Path = STATE_DIR, settings_file: Path = SETTINGS_FILE, *, rows: int = 1000, usual_ports: bool = True
+    state: Path = STATE_DIR,
+    settings_file: Path = SETTINGS_FILE,
+    *,
+    rows: int = 1000,
+    usual_ports: bool = True,
+    step_seconds: float = 5.0,
 ) -> dict[str, str]:
     """Start Azurite and the local services (unless running) and write the settings file; returns the settings.
 
-    ``usual_ports=False`` always takes free ports (tests, beside a developer's own ``make dev``).
+    ``usual_ports=False`` always takes free ports (tests, beside a developer's own ``make dev``);
+    ``step_seconds`` is how long a pipeline run stays Queued, and at least InProgress.
     """
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -130,6 +136,8 @@ def up(
                 azurite.connection_string,
                 "--rows",
                 str(rows),
+                "--step-seconds",
+                str(step_seconds),
             ],
             cwd=ROOT,  # the app (function_app.py) is imported from the project folder
         )

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--container", default="datasets", help="the landing container (LANDING_CONTAINER)")
     parser.add_argument("--rows", type=int, default=1000, help="rows in each pipeline run's drop")
     parser.add_argument(
-        "--step-seconds", type=float, default=3.0, help="how long a new run stays Queued, and then at least InProgress"
+        "--step-seconds", type=float, default=5.0, help="how long a new run stays Queued, and then at least InProgress"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

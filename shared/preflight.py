@@ -79,7 +79,7 @@ def is_signin_failure(exc: BaseException) -> bool:
 
 
 def signin_error(target: str, exc: BaseException) -> NotSignedIn:
-    """ "Not signed in", for ``target`` (what needed the token), with how to sign in."""
+    """The "not signed in" error for ``target`` (what needed the token), saying how to sign in."""
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     return NotSignedIn(
         f"not signed in to Azure: no credential could get a token for {target} ({first}); {SIGN_IN_HINT}"

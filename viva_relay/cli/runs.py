@@ -16,7 +16,7 @@ import time
 from datetime import date
 from typing import Any
 
-from shared.errors import VivaRelayError
+from shared.errors import TransientError, VivaRelayError
 from shared.preflight import require_sign_in
 from shared.runs import FollowOutcome, drops_of_run, follow_runs, run_ledger, start_runs, tenant_registry
 from shared.runtime import ARM_ENDPOINT, Runtime, check_test_token
@@ -234,7 +234,8 @@ def watch_command(args: argparse.Namespace) -> int:
         outcomes = follow_runs(rt)
         for o in outcomes:
             last[o.run_id] = o
-            if shown.get(o.run_id) != (o.status, o.event):
+            # A change of status or a new event; a poll that found nothing new ("unchanged") says nothing.
+            if o.run_id not in shown or (o.event != "unchanged" and shown[o.run_id] != (o.status, o.event)):
                 shown[o.run_id] = (o.status, o.event)
                 line = json.dumps(o.as_dict()) if args.json else _change_line(o, started)
                 print(line, flush=True)
@@ -246,4 +247,36 @@ def watch_command(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
     if not last and not args.json:
         print("no run to follow (runs start starts one; runs list shows them all)")
-    return common.EXIT_PROBLEM if any(o.event in _BAD_EVENTS for o in last.values()) else common.EXIT_OK
+    failed_drop = _watch_drops(rt, args, [o for o in last.values() if o.event == "drop_found"], started)
+    bad_run = any(o.event in _BAD_EVENTS for o in last.values())
+    return common.EXIT_PROBLEM if bad_run or failed_drop else common.EXIT_OK
+
+
+#: Drop states after which nothing more happens without an operator.
+_SETTLED_DROP_STATES = frozenset({"delivered", "deleted", "failed"})
+
+
+def _watch_drops(rt: Runtime, args: argparse.Namespace, found: list[FollowOutcome], started: float) -> bool:
+    """Follow the runs' drops until each is delivered (or deleted after delivery) or failed; True if one failed.
+
+    A run's drop is "found" as soon as its Metadata.json is in the ledger, possibly still being ingested.
+    """
+    shown = {o.run_id: o.message for o in found}
+    pending = {o.run_id: o for o in found}
+    failed = False
+    while pending:
+        for run_id, o in list(pending.items()):
+            drops = drops_of_run(rt, run_id)
+            text = "; ".join(f"drop {d['drop_id']} is {d['state']}" for d in drops)
+            if text and text != shown[run_id]:
+                shown[run_id] = text
+                done = FollowOutcome(o.tenant_id, run_id, o.status, "drop", text)
+                print(json.dumps(done.as_dict()) if args.json else _change_line(done, started), flush=True)
+            if drops and all(d["state"] in _SETTLED_DROP_STATES for d in drops):
+                failed = failed or any(d["state"] == "failed" for d in drops)
+                del pending[run_id]
+        if pending:
+            if time.monotonic() - started + args.interval > args.timeout:
+                raise TransientError(f"drops still being ingested after {args.timeout:.0f} s: {', '.join(pending)}")
+            time.sleep(args.interval)
+    return failed
