@@ -60,6 +60,13 @@ def check_vault_url(vault_url: str, name: str = "the Key Vault URL") -> str:
     return url
 
 
+def vault_scope(vault_url: str) -> str:
+    """The token scope of a vault: ``https://vault.azure.net/.default`` in the public cloud."""
+    host = (urlsplit(vault_url).hostname or "").lower()
+    suffix = next((s for s in VAULT_SUFFIXES if host.endswith(s)), VAULT_SUFFIXES[0])
+    return f"https://{suffix.lstrip('.')}/.default"
+
+
 def check_subscription_id(value: str, name: str = "DATA_FACTORY_SUBSCRIPTION_ID") -> str:
     """The subscription id; ConfigError for a malformed one or the example's all-zero placeholder."""
     text = value.strip().lower()

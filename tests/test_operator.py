@@ -200,6 +200,21 @@ def test_runs_start_without_a_sign_in_says_not_signed_in_and_how(cloud: LocalClo
     assert cloud.factory.requests == []
 
 
+def test_keys_without_a_sign_in_say_not_signed_in_before_calling_the_vault(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "viva_relay", "keys", "check", "--vault-url", "https://contoso-relay.vault.azure.net"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "VIVA_RELAY_TEST"))}
+        | {"VIVA_RELAY_SETTINGS": "none", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},  # no az, no cache
+    )
+    assert done.returncode == 3, done.stderr
+    assert "not signed in to Azure" in done.stderr and "Key Vault https://contoso-relay.vault.azure.net" in done.stderr
+    assert "unreachable" not in done.stderr  # the vault was never called
+
+
 def test_an_authorisation_error_names_the_identity_and_the_missing_role(cloud: LocalCloud, relay: Relay) -> None:
     message = (
         "The client 'ops@contoso.com' with object id '6f1c2b0a-1111-4222-8333-944455556666' does not have"

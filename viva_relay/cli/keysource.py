@@ -51,6 +51,14 @@ class KeySource:
         """For messages."""
         return f"Key Vault {self.vault_url}" if self.vault_url else f"the key folder {self.folder}"
 
+    def require_sign_in(self) -> None:
+        """For a vault: NotSignedIn (exit 3, with how to sign in) before any call when nobody is signed in."""
+        from shared.preflight import require_sign_in, vault_scope
+        from shared.runtime import default_credential
+
+        credential = default_credential(self.env, target=self.vault_url)
+        require_sign_in(credential, vault_scope(self.vault_url), f"Key Vault {self.vault_url}")
+
     @contextlib.contextmanager
     def store(self) -> Iterator[TenantKeyStore]:
         """The key store (closed afterwards)."""
@@ -58,6 +66,8 @@ class KeySource:
             yield KeyFolder(self.folder or Path("keys"))
             return
         from shared.keyvault_admin import VaultKeys
+
+        self.require_sign_in()
 
         with VaultKeys.from_env(self.vault_url, self.env) as vault:
             yield vault
@@ -69,6 +79,7 @@ class KeySource:
         from shared.keyvault import KeyVaultUnwrapper
         from shared.runtime import default_credential, keyvault_client_options
 
+        self.require_sign_in()
         credential = default_credential(self.env, target=self.vault_url)
         options = keyvault_client_options(self.env, self.vault_url)
         return KeyVaultUnwrapper(self.vault_url, credential, algorithms, **options)
