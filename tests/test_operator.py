@@ -58,7 +58,7 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
 def cloud(azurite: Azurite) -> Iterator[LocalCloud]:
     """Key Vault and the MGDC-like Data Factory on the session's Azurite, in a container of their own."""
     container = f"landing-{uuid.uuid4().hex[:10]}"
-    with LocalCloud(azurite.connection_string, landing_container=container, rows=3000, step_seconds=0.4) as c:
+    with LocalCloud(azurite.connection_string, landing_container=container, rows=3000, step_seconds=1.5) as c:
         yield c
 
 
