@@ -7,11 +7,13 @@ AZURITE := node_modules/.bin/azurite
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: help install demo test lint typecheck iac unit bench bench-smoke clean
+.PHONY: help install demo dev dev-down test lint typecheck iac unit bench bench-smoke clean
 
 help:
 	@echo "make demo   - run a simulated drop end to end on Azurite (no Azure account needed)"
 	@echo "make test   - lint, type-check and run every test (starts Azurite itself)"
+	@echo "make dev    - Azurite + local Key Vault/Data Factory in the background, and local.settings.json"
+	@echo "make dev-down - stop what make dev started (Azurite's data stays in .dev/)"
 	@echo "make bench  - measure the ingest path on 100 MB and 1 GB drops"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -54,8 +56,14 @@ test: install lint typecheck iac unit
 demo: install
 	$(PY) -m devtools.demo
 
+dev: install
+	$(PY) -m devtools.dev up
+
+dev-down:
+	@if test -x $(PY); then $(PY) -m devtools.dev down; else echo "nothing to stop (no .venv)"; fi
+
 bench: install
 	$(PY) -m devtools.bench
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .demo .bench
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .demo .bench .dev

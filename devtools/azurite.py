@@ -33,12 +33,15 @@ def azurite_binary() -> Path:
 
 
 class Azurite:
-    """An Azurite process with in-memory storage; a context manager."""
+    """An Azurite process; a context manager.
 
-    def __init__(self) -> None:
-        self.blob_port = free_port()
-        self.queue_port = free_port()
-        self.table_port = free_port()
+    Storage is in memory unless ``location`` names a folder to keep it in (``make dev``). Telemetry
+    is always off, and Azurite's own files go to its work folder, never the current directory.
+    """
+
+    def __init__(self, location: Path | None = None, ports: tuple[int, int, int] | None = None) -> None:
+        self.blob_port, self.queue_port, self.table_port = ports or (free_port(), free_port(), free_port())
+        self.location = location
         self._proc: subprocess.Popen[bytes] | None = None
         self._workdir = tempfile.mkdtemp(prefix="azurite-")
 
@@ -53,14 +56,15 @@ class Azurite:
             f"TableEndpoint={base.format(self.table_port)};"
         )
 
-    def start(self, timeout: float = 30.0) -> Azurite:
-        """Start Azurite and wait until every port accepts connections."""
-        cmd = [
+    def command(self) -> list[str]:
+        """The Azurite command line (loopback only, telemetry off, data in memory or in ``location``)."""
+        storage = ["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]
+        return [
             str(azurite_binary()),
             "--silent",
             "--loose",
             "--skipApiVersionCheck",
-            "--inMemoryPersistence",
+            *storage,
             "--disableTelemetry",
             "--blobHost",
             "127.0.0.1",
@@ -75,23 +79,34 @@ class Azurite:
             "--tablePort",
             str(self.table_port),
         ]
-        log = open(Path(self._workdir) / "azurite.log", "wb")  # noqa: SIM115 - lives as long as the process
-        self._proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self._workdir
-        )
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 30.0) -> None:
+        """Wait until every port accepts connections; RuntimeError when Azurite exits or is too slow."""
         deadline = time.monotonic() + timeout
         for port in (self.blob_port, self.queue_port, self.table_port):
             while True:
-                if self._proc.poll() is not None:
-                    raise RuntimeError(f"Azurite exited: {(Path(self._workdir) / 'azurite.log').read_text()}")
+                if proc.poll() is not None:
+                    raise RuntimeError(f"Azurite exited: {log_path.read_text()}")
                 try:
                     with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                         break
                 except OSError:
                     if time.monotonic() > deadline:
-                        self.stop()
                         raise RuntimeError("Azurite did not start in time") from None
                     time.sleep(0.1)
+
+    def start(self, timeout: float = 30.0) -> Azurite:
+        """Start Azurite and wait until every port accepts connections."""
+        cmd = self.command()
+        log = open(Path(self._workdir) / "azurite.log", "wb")  # noqa: SIM115 - lives as long as the process
+        self._proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self._workdir
+        )
+        try:
+            self.wait_ready(self._proc, Path(self._workdir) / "azurite.log", timeout)
+        except RuntimeError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

@@ -16,6 +16,7 @@ from typing import Final
 
 from .encodings import ENCODINGS
 from .errors import ConfigError
+from .preflight import check_vault_url
 
 #: Connection names used by the triggers (``connection=`` on the decorators) and by the library.
 LANDING_CONNECTION: Final = "LandingStorage"
@@ -114,8 +115,8 @@ class Settings:
         if not key_source:  # set but empty: the app needs a choice (the CLI may infer one)
             raise ConfigError("KEY_SOURCE must be keyvault or folder, not ''")
         vault = get("KEY_VAULT_URL", "").strip()
-        if vault and not vault.startswith("https://"):
-            raise ConfigError(f"KEY_VAULT_URL must be the vault's https:// URI, not {vault!r}")
+        if vault:
+            check_vault_url(vault, "KEY_VAULT_URL")
         algorithms = parse_unwrap_algorithms(get("UNWRAP_ALGORITHMS", ",".join(d.unwrap_algorithms)))
         allow_rsa15 = _bool("ALLOW_RSA1_5", get("ALLOW_RSA1_5", "false"))
         if "RSA1_5" in algorithms and not allow_rsa15:

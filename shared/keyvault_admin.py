@@ -30,6 +30,7 @@ from azure.core.exceptions import (
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyOperation, KeyType, KeyVaultKey
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from . import preflight
 from .errors import ConfigError, KeyNotFound, TransientError, VivaRelayError
 from .ids import is_guid
 from .keycheck import (
@@ -75,17 +76,20 @@ def vault_errors(vault_url: str, action: str, role: str = _READER) -> Iterator[N
     try:
         yield
     except ClientAuthenticationError as exc:
+        if preflight.is_signin_failure(exc):
+            raise preflight.signin_error(f"Key Vault {vault_url}", exc) from None
         raise ConfigError(
-            f"could not sign in to Key Vault {vault_url} to {action}: {_first_line(exc)} (sign in with"
-            " `az login`, or run where a managed identity is available)"
+            f"Key Vault {vault_url} did not accept the sign-in to {action}: {_first_line(exc)}"
+            f" ({preflight.SIGN_IN_HINT})"
         ) from None
     except HttpResponseError as exc:
         status = exc.status_code or 0
         detail = _error_text(exc)
         if status == 403:
+            full = str(getattr(getattr(exc, "error", None), "message", None) or exc)
             raise VivaRelayError(
-                f"Key Vault {vault_url} refused to {action} ({detail}); the signed-in identity needs the"
-                f" '{role}' role on the vault"
+                f"Key Vault {vault_url} refused to {action} ({detail});"
+                f" {preflight.missing_role(full, role, 'the vault')}"
             ) from None
         if status == 409:
             raise VivaRelayError(
@@ -143,11 +147,8 @@ def private_jwk(private_key: rsa.RSAPrivateKey) -> JsonWebKey:
 
 
 def check_vault_url(vault_url: str) -> str:
-    """The vault URL without a trailing slash; a clear error unless it is https://."""
-    url = (vault_url or "").strip().rstrip("/")
-    if not url.startswith("https://"):
-        raise ConfigError(f"the Key Vault URL must be the vault's https:// URI, not {vault_url!r}")
-    return url
+    """The vault URL without a trailing slash; ConfigError unless it is a vault's https:// URI."""
+    return preflight.check_vault_url(vault_url)
 
 
 class VaultKeys:

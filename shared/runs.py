@@ -35,6 +35,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
 )
 
+from . import preflight
 from .clock import to_utc
 from .config import Settings
 from .errors import TransientError, VivaRelayError
@@ -256,15 +257,18 @@ def _reached_service(exc: BaseException) -> bool:
 
 def _translate(exc: Exception, what: str, ref: FactoryRef) -> Exception:
     """Turn an SDK error into TransientError (retry) or PipelineStartError (do not)."""
+    if preflight.is_signin_failure(exc):
+        return preflight.signin_error(f"Data Factory {ref.factory_name}", exc)
     if isinstance(exc, ClientAuthenticationError):
         return PipelineStartError(
-            f"{what}: not authorised ({' '.join(str(exc).split())[:300]}); the app's identity needs the"
-            f" Data Factory Contributor role on factory {ref.factory_name}"
+            f"{what}: Azure Resource Manager refused the sign-in ({' '.join(str(exc).split())});"
+            f" {preflight.SIGN_IN_HINT}"
         )
     if isinstance(exc, HttpResponseError):
         text = _arm_error(exc)
         if exc.status_code == 403:
-            text += f" (the app's identity needs the Data Factory Contributor role on factory {ref.factory_name})"
+            scope = f"factory {ref.factory_name} (resource group {ref.resource_group})"
+            text += f"; {preflight.missing_role(text, 'Data Factory Contributor', scope)}"
         return TransientError(f"{what}: {text}") if _is_transient(exc) else PipelineStartError(f"{what}: {text}")
     if isinstance(exc, AzureError):
         return TransientError(f"{what}: {exc}")

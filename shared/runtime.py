@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 #: Development setting: a fixed bearer token for the local HTTPS stand-ins. The app never honours it itself:
 #: only a development credential factory (devtools/testtoken.py, installed by the CLI and the tests) does.
 TEST_TOKEN_SETTING = "VIVA_RELAY_TEST_TOKEN"  # noqa: S105 - the setting's name, not a token
+#: Test-only setting beside it: the local stand-ins' certificates (PEM), trusted for loopback URLs only.
+TEST_CA_BUNDLE_SETTING = "VIVA_RELAY_TEST_CA_BUNDLE"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 #: Makes a credential: ``factory(env, target)``, ``target`` being the URL the token is for when known.
@@ -97,7 +99,15 @@ def keyvault_client_options(env: Mapping[str, str] | None, vault_url: str) -> di
     """
     e = os.environ if env is None else env
     if e.get(TEST_TOKEN_SETTING, "").strip() and urlsplit(vault_url).hostname in _LOOPBACK:
-        return {"verify_challenge_resource": False}
+        return {"verify_challenge_resource": False} | standin_tls_options(e, vault_url)
+    return {}
+
+
+def standin_tls_options(env: Mapping[str, str], url: str) -> dict[str, Any]:
+    """``connection_verify`` for a loopback stand-in when VIVA_RELAY_TEST_CA_BUNDLE is set (else nothing)."""
+    bundle = env.get(TEST_CA_BUNDLE_SETTING, "").strip()
+    if bundle and env.get(TEST_TOKEN_SETTING, "").strip() and urlsplit(url).hostname in _LOOPBACK:
+        return {"connection_verify": bundle}
     return {}
 
 
@@ -241,11 +251,13 @@ class Runtime:
         with self._lock:
             client = self._datafactory.get(subscription_id)
             if client is None:
+                base_url = self.settings.data_factory_base_url
+                options = standin_tls_options(self.settings.env, base_url) if base_url else {}
                 client = DataFactoryManagementClient(
                     credential,
                     subscription_id,
-                    base_url=self.settings.data_factory_base_url or None,
-                    **self.datafactory_kwargs,
+                    base_url=base_url or None,
+                    **(options | self.datafactory_kwargs),
                 )
                 self._datafactory[subscription_id] = client
             return client

@@ -23,6 +23,7 @@ from azure.data.tables import UpdateMode
 from .config import Settings
 from .errors import ConfigError, VivaRelayError
 from .ids import is_guid
+from .preflight import check_subscription_id
 from .tables import TableStore, as_utc, utcnow
 
 PARTITION: Final = "tenant"
@@ -127,6 +128,8 @@ class Tenant:
         ]
         if missing:
             raise ConfigError(f"tenant {self.tenant_id} has no Data Factory to run in: set {', '.join(missing)}")
+        source = "--factory-subscription" if self.factory_subscription_id else "DATA_FACTORY_SUBSCRIPTION_ID"
+        check_subscription_id(ref.subscription_id, source)
         return ref
 
     def consent_expires(self) -> date | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from shared.runtime import Runtime, use_credential_factory
 
 # In-process code under test may meet VIVA_RELAY_TEST_TOKEN (as the CLI does): honour it for loopback stand-ins.
 use_credential_factory(test_token_factory)
+
+# Tests configure every command themselves: never the developer's ./local.settings.json from `make dev`.
+os.environ["VIVA_RELAY_SETTINGS"] = "none"
 
 #: Lines the fault-injection tests report (rows expected, after de-duplication, duplicates, lost).
 FAULT_REPORTS: list[str] = []

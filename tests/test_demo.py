@@ -1,4 +1,4 @@
-"""`make demo` keeps working: the demo script end to end on a small drop, in a subprocess."""
+"""`make demo` keeps working: the whole weekly cycle on a small drop, in a subprocess."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def test_demo_delivers_and_prints_what_a_partner_wants_to_see() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
+    assert re.search(r"run\s+[0-9a-f-]{36} started by the schedule timer", out)
+    assert "pipeline  Queued -> InProgress -> Succeeded" in out
+    assert re.search(r"drop\s+datasets/[0-9a-f-]{36}/VivaInsights/[0-9a-f-]{36} \(2 blobs", out)
     assert re.search(r"drop id\s+d[0-9a-f]{31}", out)
     assert re.search(r"state\s+delivered", out)
     assert "landing   0 blobs left for this drop" in out
@@ -30,3 +33,8 @@ def test_demo_delivers_and_prints_what_a_partner_wants_to_see() -> None:
     assert re.search(r"messages\s+\d+ row messages \+ 1 completion", out)
     assert re.search(r"speed\s+[\d.]+ MB/s", out)
     assert out.count('"PersonId"') == 3  # three decoded rows read back from the queue
+    assert "followed  run Succeeded, its drop deleted" in out
+    drops_table = out.split("$ viva-relay drops list", 1)[1].split("$ viva-relay runs list", 1)[0]
+    assert re.search(r"d[0-9a-f]{31}\s+[0-9a-f-]{36}\s+deleted\s+700\s", drops_table)
+    runs_table = out.split("$ viva-relay runs list", 1)[1]
+    assert re.search(r"[0-9a-f-]{36}\s+Succeeded\s+\S+\s+\S+\s+deleted", runs_table)

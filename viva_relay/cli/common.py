@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any, TextIO
 
 from shared.config import Settings
 from shared.errors import ConfigError, DropError, TransientError, VivaRelayError
+from shared.preflight import NotSignedIn
 from shared.runtime import Runtime
 
 #: Exit codes monitoring can rely on.
@@ -25,19 +28,40 @@ EXIT_TRANSIENT = 4  # Azure unreachable or throttled: try again later
 Handler = Callable[[argparse.Namespace], int]
 
 
+class UsageError(VivaRelayError):
+    """A command line argparse cannot judge alone (exit 2, like argparse's own errors)."""
+
+
+#: Names the settings file instead of ./local.settings.json; ``none`` reads no file.
+SETTINGS_ENV = "VIVA_RELAY_SETTINGS"
+DEFAULT_SETTINGS_FILE = "local.settings.json"
+
+
 def add_settings_option(parser: argparse.ArgumentParser) -> None:
     """``--settings FILE``: read app settings from a local.settings.json (environment wins)."""
     parser.add_argument(
         "--settings",
         metavar="FILE",
-        help="a local.settings.json whose Values are used as settings (the environment overrides them)",
+        help=f"a local.settings.json whose Values are used as settings (default: ${SETTINGS_ENV}, else"
+        f" ./{DEFAULT_SETTINGS_FILE} when present; environment variables override single values)",
     )
 
 
+def settings_file(args: argparse.Namespace) -> str | None:
+    """The settings file to read: --settings, else $VIVA_RELAY_SETTINGS, else ./local.settings.json if present."""
+    explicit = getattr(args, "settings", None)
+    if explicit:
+        return str(explicit)
+    named = os.environ.get(SETTINGS_ENV, "").strip()
+    if named:
+        return None if named.lower() == "none" else named
+    return DEFAULT_SETTINGS_FILE if Path(DEFAULT_SETTINGS_FILE).is_file() else None
+
+
 def load_env(args: argparse.Namespace) -> dict[str, str]:
-    """The environment, with a local.settings.json's Values underneath it when given."""
+    """The environment, with a local.settings.json's Values underneath it (see :func:`settings_file`)."""
     env: dict[str, str] = {}
-    path = getattr(args, "settings", None)
+    path = settings_file(args)
     if path:
         try:
             doc = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -65,12 +89,16 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
     """Run a command, turning known errors into one line on stderr and a meaningful exit code."""
     try:
         return handler(args)
+    except UsageError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    except NotSignedIn as exc:
+        return fail(str(exc), EXIT_CONFIG)
     except ConfigError as exc:
         return fail(f"configuration: {exc}", EXIT_CONFIG)
     except DropError as exc:
         return fail(f"{exc.code}: {exc.reason}", EXIT_PROBLEM)
     except TransientError as exc:
-        return fail(f"temporarily unavailable: {exc}", EXIT_TRANSIENT)
+        return fail(f"temporarily unavailable: {exc}{_local_services_hint(args, str(exc))}", EXIT_TRANSIENT)
     except VivaRelayError as exc:
         return fail(str(exc), EXIT_PROBLEM)
     except BrokenPipeError:
@@ -86,6 +114,23 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
         if getattr(args, "verbose", False):
             raise
         return fail(f"unexpected error: {type(exc).__name__}: {exc} (run with -v for details)", EXIT_PROBLEM)
+
+
+#: Set in the settings file `make dev` writes (devtools/dev.py).
+LOCAL_SERVICES_MARKER = "VIVA_RELAY_LOCAL_SERVICES"
+
+
+def _local_services_hint(args: argparse.Namespace, message: str) -> str:
+    """When settings from `make dev` meet a refused connection, the cause is that its services are stopped."""
+    if "refused" not in message.lower():
+        return ""
+    try:
+        env = load_env(args)
+    except ConfigError:
+        return ""
+    if not env.get(LOCAL_SERVICES_MARKER):
+        return ""
+    return "; these settings are `make dev`'s: its local services are not running (start them with `make dev`)"
 
 
 class Progress:
@@ -130,13 +175,29 @@ class Progress:
             self.stream.flush()
 
 
+#: Width a folded last column gets at least, whatever the terminal (narrower would be unreadable).
+_MIN_FOLD_WIDTH = 40
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str], *, stream: TextIO | None = None) -> None:
-    """A plain, aligned text table."""
+    """A plain, aligned text table.
+
+    Nothing is ever cut short: a long last cell (a reason, a message) folds onto continuation
+    lines aligned under its column, at the terminal's width (or 120 columns when not a terminal).
+    """
     out = stream or sys.stdout
     if not rows:
         out.write("(none)\n")
         return
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    cells = [{c: " ".join(str(r.get(c, "")).split()) for c in columns} for r in rows]
+    last = columns[-1]
+    widths = {c: max(len(c), *(len(cell[c]) for cell in cells)) for c in columns}
+    indent = sum(widths[c] + 2 for c in columns[:-1])
+    room = max(_MIN_FOLD_WIDTH, shutil.get_terminal_size((120, 24)).columns - indent - 1)
     out.write("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip() + "\n")
-    for r in rows:
-        out.write("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() + "\n")
+    for cell in cells:
+        lines = textwrap.wrap(cell[last], room, break_on_hyphens=False) or [""]
+        head = "  ".join(cell[c].ljust(widths[c]) for c in columns[:-1])
+        out.write(f"{head}  {lines[0]}".rstrip() + "\n")
+        for more in lines[1:]:
+            out.write(" " * indent + more + "\n")

@@ -20,6 +20,7 @@ from devtools.simulate import (
     DropVariant,
     DropWriter,
     FolderWriter,
+    generate_rows,
     parse_size,
     sample_layout_root,
     simulate_drop,
@@ -71,7 +72,12 @@ def _tenant(text: str) -> str:
 
 def register(sub: Any) -> None:
     """Add ``drop simulate`` and ``drop decrypt``."""
-    parser: argparse.ArgumentParser = sub.add_parser("drop", help="simulate or decrypt one drop")
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "drop",
+        help="simulate, decrypt or ingest one drop",
+        description="One drop at a time: make a realistic encrypted one, decrypt one to stdout, or ingest one from"
+        " the landing container as the function does.",
+    )
     cmds = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     sim = cmds.add_parser(
@@ -103,24 +109,46 @@ def register(sub: Any) -> None:
         help="row shape: Microsoft's display names with numbers as strings (default) or underscores",
     )
     sim.add_argument("--run-id", help="pipeline run id for the folder layout (default: random)")
-    sim.add_argument("--table-name", default="VivaInsightsDataset_PersonReport_v1")
+    sim.add_argument(
+        "--table-name",
+        default="VivaInsightsDataset_PersonReport_v1",
+        help="TableName in Metadata.json (default VivaInsightsDataset_PersonReport_v1)",
+    )
     sim.add_argument("--parts", type=int, default=1, help="number of encrypted part files (needs --rows)")
     sim.add_argument("--members", type=int, default=1, help="gzip members per part file")
-    sim.add_argument("--rsa-padding", choices=("RSA-OAEP-256", "RSA-OAEP", "RSA1_5"), default="RSA-OAEP-256")
+    sim.add_argument(
+        "--rsa-padding",
+        choices=("RSA-OAEP-256", "RSA-OAEP", "RSA1_5"),
+        default="RSA-OAEP-256",
+        help="RSA padding that wraps the file key (default RSA-OAEP-256)",
+    )
     sim.add_argument(
         "--key-text",
         choices=("raw", "base64", "hex"),
         default="raw",
         help="how the AES key is encoded before RSA wrapping",
     )
-    sim.add_argument("--iv-text", choices=("raw", "base64", "hex"), default="raw")
+    sim.add_argument(
+        "--iv-text",
+        choices=("raw", "base64", "hex"),
+        default="raw",
+        help="how the IV is encoded inside the metadata's Base64 iv value (default raw)",
+    )
     sim.add_argument("--details-as-string", action="store_true", help="DecryptionKeyDetails as a JSON string")
-    sim.add_argument("--field-case", choices=("documented", "lower", "upper"), default="documented")
-    sim.add_argument("--counts-as-strings", action="store_true")
+    sim.add_argument(
+        "--field-case",
+        choices=("documented", "lower", "upper"),
+        default="documented",
+        help="letter case of the Metadata.json field names (default: as documented)",
+    )
+    sim.add_argument(
+        "--counts-as-strings", action="store_true", help="NumberOfRowsExtracted as a JSON string, not a number"
+    )
     sim.add_argument("--crlf", action="store_true", help="CRLF line ends")
     sim.add_argument("--bom", action="store_true", help="start the data with a UTF-8 BOM")
-    sim.add_argument("--no-final-newline", action="store_true")
+    sim.add_argument("--no-final-newline", action="store_true", help="no line end after the last row")
     sim.add_argument("--errors", help="simulate a failed extraction: Errors set, no data file")
+    sim.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     common.add_settings_option(sim)
     sim.set_defaults(handler=simulate_command)
 
@@ -196,13 +224,13 @@ def simulate_command(args: argparse.Namespace) -> int:
         bom=args.bom,
         final_newline=not args.no_final_newline,
     )
-    if args.vault_url:
+    keys = key_source(args)
+    if keys.vault_url:
         from shared.keyvault_admin import public_key_from_vault
 
-        public, version = public_key_from_vault(args.vault_url, args.tenant)
+        public, version = public_key_from_vault(keys.vault_url, args.tenant, env=keys.env)
     else:
-        folder = KeyFolder(_key_folder(args))
-        public = folder.public_key(args.tenant)
+        public = KeyFolder(keys.folder or _key_folder(args)).public_key(args.tenant)
         version = key_version(public)
     writer: DropWriter
     run_id = ""
@@ -245,18 +273,25 @@ def simulate_command(args: argparse.Namespace) -> int:
             return common.fail(f"--rows-file {args.rows_file} is not a file", common.EXIT_USAGE)
         row_source = rows_of_file(args.rows_file)
         rows = sum(1 for _ in rows_of_file(args.rows_file)) if args.parts > 1 else None
-    result = simulate_drop(
-        writer,
-        tenant_id=args.tenant,
-        public_key=public,
-        key_version=version,
-        rows=rows,
-        size=size_bytes,
-        variant=variant,
-        table_name=args.table_name,
-        errors=[args.errors] if args.errors else None,
-        row_source=row_source,
-    )
+    if row_source is None and not args.errors:
+        row_source = generate_rows(rows, size=size_bytes, shape=variant.shape)
+    progress = common.Progress("simulate", rows or size_bytes, force=args.progress)
+    unit = "bytes" if size_bytes else "rows"
+    try:
+        result = simulate_drop(
+            writer,
+            tenant_id=args.tenant,
+            public_key=public,
+            key_version=version,
+            rows=rows,
+            size=size_bytes,
+            variant=variant,
+            table_name=args.table_name,
+            errors=[args.errors] if args.errors else None,
+            row_source=_counted(row_source, progress, unit) if row_source is not None else None,
+        )
+    finally:
+        progress.close()
     print(
         json.dumps(
             {
@@ -274,6 +309,16 @@ def simulate_command(args: argparse.Namespace) -> int:
         )
     )
     return common.EXIT_OK
+
+
+def _counted(rows: Iterator[bytes], progress: common.Progress, unit: str) -> Iterator[bytes]:
+    """The rows, passing how many (or how many bytes, with newlines) went by to the progress bar."""
+    done = 0
+    for row in rows:
+        done += len(row) + 1 if unit == "bytes" else 1
+        progress.update(done, unit)
+        yield row
+    progress.update(done, unit)
 
 
 def _is_ip(host: str) -> bool:
@@ -401,6 +446,12 @@ def ingest_command(args: argparse.Namespace) -> int:
         return common.fail(
             f"{container} is not the landing container {rt.settings.landing_container} (LANDING_CONTAINER)",
             common.EXIT_USAGE,
+        )
+    if not rt.landing_container(container).get_blob_client(blob).exists():
+        # A typo or a placeholder path: say so, and leave no ledger row behind.
+        return common.fail(
+            f"not found: there is no {container}/{blob} (a drop of Microsoft's layout is at"
+            f" {container}/<run id>/VivaInsights/<tenant id>; `drops list` and `runs list` show the drops and runs)"
         )
     outcome = ingest_metadata_blob(rt, container, blob)
     print(json.dumps(outcome.as_dict(), indent=2, default=str))

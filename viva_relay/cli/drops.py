@@ -27,7 +27,11 @@ REASON_WIDTH = 60
 
 def register(sub: Any) -> None:
     """Add ``drops list``, ``show``, ``reprocess``, ``cleanup`` and ``delete-orphans``."""
-    parser: argparse.ArgumentParser = sub.add_parser("drops", help="the drop ledger: list, show, reprocess, cleanup")
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "drops",
+        help="the drop ledger: list, show, reprocess, cleanup",
+        description="Every drop the ingest function has seen (the drop ledger, Azure Table LEDGER_TABLE).",
+    )
     cmds = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     lst = cmds.add_parser("list", help="list drops from the ledger", description="One line per drop, oldest first.")
@@ -42,7 +46,7 @@ def register(sub: Any) -> None:
         help="every ledger column of one drop",
         description="Print a drop's ledger row as JSON: location, metadata, counts, timings, errors.",
     )
-    show.add_argument("drop_id", metavar="DROP_ID")
+    show.add_argument("drop_id", metavar="DROP_ID", help="the drop's id (drops list shows it)")
     common.add_settings_option(show)
     show.set_defaults(handler=show_command)
 
@@ -52,7 +56,7 @@ def register(sub: Any) -> None:
         description="Move a failed drop back to waiting (its reason is kept as PreviousReason) and ingest it "
         "again, as the blob trigger would. Exit 0 when the drop is delivered, 1 otherwise.",
     )
-    rep.add_argument("drop_id", metavar="DROP_ID")
+    rep.add_argument("drop_id", metavar="DROP_ID", help="the drop's id (drops list shows it)")
     common.add_settings_option(rep)
     rep.set_defaults(handler=reprocess_command)
 
@@ -92,8 +96,8 @@ def _short_time(value: Any) -> str:
 
 
 def _shorten(text: str, width: int = REASON_WIDTH) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+    # Never cut: the table folds a long reason onto continuation lines (common.print_table).
+    return " ".join(text.split())
 
 
 def _state(record: DropRecord) -> str:

@@ -63,9 +63,19 @@ class KeySource:
         """The vault URL or the folder path."""
         return self.vault_url or str(self.folder or Path("keys"))
 
+    def require_sign_in(self) -> None:
+        """For a vault: NotSignedIn (exit 3, with how to sign in) before any call when nobody is signed in."""
+        from shared.preflight import require_sign_in, vault_scope
+        from shared.runtime import default_credential
+
+        credential = default_credential(self.env, target=self.vault_url)
+        require_sign_in(credential, vault_scope(self.vault_url), f"Key Vault {self.vault_url}")
+
     @contextlib.contextmanager
     def store(self) -> Iterator[TenantKeyStore]:
         """The key store (closed afterwards)."""
+        if self.backend.needs_credential:
+            self.require_sign_in()
         with self.backend.store(self.where, self.env) as store:
             yield store
 
@@ -75,6 +85,7 @@ class KeySource:
             return self.backend.unwrapper(self.where, algorithms, None, {})
         from shared.runtime import default_credential, keyvault_client_options
 
+        self.require_sign_in()
         credential = default_credential(self.env, target=self.where)
         return self.backend.unwrapper(self.where, algorithms, credential, keyvault_client_options(self.env, self.where))
 

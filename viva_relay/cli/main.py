@@ -23,11 +23,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operate Viva Relay: tenant keys, consent links, drops, pipeline runs.",
     )
     parser.add_argument("--version", action="version", version=f"viva-relay {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log what Viva Relay does (to stderr); -vv also logs the Azure SDK's HTTP requests",
+    )
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)
     return parser
+
+
+def configure_logging(verbosity: int) -> None:
+    """No -v: only the commands' own output. -v: Viva Relay's log. -vv: the Azure SDK's too (HTTP)."""
+    logging.basicConfig(
+        level=logging.INFO if verbosity else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The SDK logs every request and response header at INFO: only with -vv.
+    logging.getLogger("azure").setLevel(logging.INFO if verbosity >= 2 else logging.ERROR)
+    if not verbosity:
+        # Commands report outcomes themselves in one line; the library's log repeats them (see -v).
+        logging.getLogger("viva_relay").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,15 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return common.EXIT_OK
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        logging.getLogger("azure").setLevel(logging.ERROR)
-        # Commands report outcomes themselves in one line; the library's log repeats them (see -v).
-        logging.getLogger("viva_relay").setLevel(logging.CRITICAL)
+    configure_logging(args.verbose)
     _install_development_credentials()
     handler: common.Handler = args.handler
     return common.run_handler(handler, args)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import date
 from typing import Any
 
-from shared.errors import VivaRelayError
-from shared.runs import drops_of_run, follow_runs, run_ledger, start_runs
+from shared.errors import TransientError, VivaRelayError
+from shared.preflight import require_sign_in
+from shared.runs import FollowOutcome, drops_of_run, follow_runs, run_ledger, start_runs, tenant_registry
 from shared.runtime import ARM_ENDPOINT, Runtime, check_test_token
 
 from . import common
@@ -55,7 +57,12 @@ def register(sub: Any) -> None:
     common.add_settings_option(start)
     start.set_defaults(handler=start_command)
 
-    lst = cmds.add_parser("list", help="list recorded runs, newest first")
+    lst = cmds.add_parser(
+        "list",
+        help="list recorded runs, newest first",
+        description="One line per run: tenant, status, when it started and ended, its drop's state, Data Factory's"
+        " message (never cut; `runs show RUN_ID` has everything).",
+    )
     lst.add_argument("--tenant", type=_tenant, help="only this tenant's runs")
     lst.add_argument("--status", help="only runs with this status (e.g. Failed, InProgress, StartFailed)")
     lst.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50; 0: all)")
@@ -63,17 +70,37 @@ def register(sub: Any) -> None:
     common.add_settings_option(lst)
     lst.set_defaults(handler=list_command)
 
-    show = cmds.add_parser("show", help="one run as JSON, with the drops it produced")
-    show.add_argument("run_id", metavar="RUN_ID")
+    show = cmds.add_parser(
+        "show",
+        help="one run as JSON, with the drops it produced",
+        description="Print a run's ledger row (status, message, factory, parameters) and its drops as JSON.",
+    )
+    show.add_argument("run_id", metavar="RUN_ID", help="the pipeline run id (runs list shows it)")
     common.add_settings_option(show)
     show.set_defaults(handler=show_command)
 
     follow = cmds.add_parser(
         "follow",
-        help="poll every unfinished run once (what the follow timer does)",
-        description="Exit code 1 when a run failed, was lost, or succeeded without a drop in time.",
+        help="poll every unfinished run once (what the follow timer does), or with --watch until they end",
+        description="Poll every run the ledger still follows and record what Data Factory says. With --watch, keep"
+        " polling and print each change (Queued -> InProgress -> Succeeded -> drop found) until no run is left to"
+        " follow. Exit code 1 when a run failed, was lost, or succeeded without a drop in time; 4 when --timeout"
+        " passed first.",
     )
     follow.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    follow.add_argument(
+        "--watch", action="store_true", help="follow the runs to their end (their drop found), printing each change"
+    )
+    follow.add_argument(
+        "--interval", type=float, default=5.0, metavar="SECONDS", help="seconds between polls with --watch (default 5)"
+    )
+    follow.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="with --watch, stop after this many seconds (default 3600; exit 4)",
+    )
     common.add_settings_option(follow)
     follow.set_defaults(handler=follow_command)
 
@@ -86,14 +113,27 @@ def runtime_for_runs(args: argparse.Namespace) -> Runtime:
 
 
 def _short(text: str, width: int = 80) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    # Never cut: the table folds a long message onto continuation lines (common.print_table).
+    return " ".join(text.split())
+
+
+def check_ready(rt: Runtime, tenant: str | None) -> None:
+    """Before any call: every tenant to start has a usable factory (exit 3), and someone is signed in."""
+    registry = tenant_registry(rt)
+    tenants = [registry.require(tenant)] if tenant else [t for t in registry.list() if t.enabled]
+    for t in tenants:
+        t.factory(rt.settings)
+    if tenants:
+        base = rt.settings.data_factory_base_url or ARM_ENDPOINT
+        require_sign_in(rt.credential, f"{ARM_ENDPOINT}/.default", f"Data Factory ({base})")
 
 
 def start_command(args: argparse.Namespace) -> int:
     """Start runs now."""
+    rt = runtime_for_runs(args)
+    check_ready(rt, args.tenant)
     outcomes = start_runs(
-        runtime_for_runs(args),
+        rt,
         tenant=args.tenant,
         trigger="manual",
         start_date=args.start_date,
@@ -156,7 +196,9 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def follow_command(args: argparse.Namespace) -> int:
-    """Poll unfinished runs once."""
+    """Poll unfinished runs once (or, with --watch, until none is left)."""
+    if args.watch:
+        return watch_command(args)
     outcomes = follow_runs(runtime_for_runs(args))
     if args.json:
         for o in outcomes:
@@ -174,3 +216,67 @@ def follow_command(args: argparse.Namespace) -> int:
         ]
         common.print_table(rows, ["tenant", "run_id", "status", "event", "message"])
     return common.EXIT_PROBLEM if any(o.event in _BAD_EVENTS for o in outcomes) else common.EXIT_OK
+
+
+def _change_line(o: FollowOutcome, started: float) -> str:
+    elapsed = time.monotonic() - started
+    text = f"{elapsed:6.1f}s  {o.tenant_id}  {o.run_id}  {o.status:<10} {o.event}"
+    return f"{text}: {' '.join(o.message.split())}" if o.message else text
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    """Poll every --interval seconds until no run is left to follow; print each change as it happens."""
+    rt = runtime_for_runs(args)
+    started = time.monotonic()
+    shown: dict[str, tuple[str, str]] = {}
+    last: dict[str, FollowOutcome] = {}
+    while True:
+        outcomes = follow_runs(rt)
+        for o in outcomes:
+            last[o.run_id] = o
+            # A change of status or a new event; a poll that found nothing new ("unchanged") says nothing.
+            if o.run_id not in shown or (o.event != "unchanged" and shown[o.run_id] != (o.status, o.event)):
+                shown[o.run_id] = (o.status, o.event)
+                line = json.dumps(o.as_dict()) if args.json else _change_line(o, started)
+                print(line, flush=True)
+        if not outcomes or not run_ledger(rt).watched():
+            break
+        if time.monotonic() - started + args.interval > args.timeout:
+            still = ", ".join(f"{o.run_id} ({o.status})" for o in outcomes)
+            return common.fail(f"still following after {args.timeout:.0f} s: {still}", common.EXIT_TRANSIENT)
+        time.sleep(args.interval)
+    if not last and not args.json:
+        print("no run to follow (runs start starts one; runs list shows them all)")
+    failed_drop = _watch_drops(rt, args, [o for o in last.values() if o.event == "drop_found"], started)
+    bad_run = any(o.event in _BAD_EVENTS for o in last.values())
+    return common.EXIT_PROBLEM if bad_run or failed_drop else common.EXIT_OK
+
+
+#: Drop states after which nothing more happens without an operator.
+_SETTLED_DROP_STATES = frozenset({"delivered", "deleted", "failed"})
+
+
+def _watch_drops(rt: Runtime, args: argparse.Namespace, found: list[FollowOutcome], started: float) -> bool:
+    """Follow the runs' drops until each is delivered (or deleted after delivery) or failed; True if one failed.
+
+    A run's drop is "found" as soon as its Metadata.json is in the ledger, possibly still being ingested.
+    """
+    shown = {o.run_id: o.message for o in found}
+    pending = {o.run_id: o for o in found}
+    failed = False
+    while pending:
+        for run_id, o in list(pending.items()):
+            drops = drops_of_run(rt, run_id)
+            text = "; ".join(f"drop {d['drop_id']} is {d['state']}" for d in drops)
+            if text and text != shown[run_id]:
+                shown[run_id] = text
+                done = FollowOutcome(o.tenant_id, run_id, o.status, "drop", text)
+                print(json.dumps(done.as_dict()) if args.json else _change_line(done, started), flush=True)
+            if drops and all(d["state"] in _SETTLED_DROP_STATES for d in drops):
+                failed = failed or any(d["state"] == "failed" for d in drops)
+                del pending[run_id]
+        if pending:
+            if time.monotonic() - started + args.interval > args.timeout:
+                raise TransientError(f"drops still being ingested after {args.timeout:.0f} s: {', '.join(pending)}")
+            time.sleep(args.interval)
+    return failed

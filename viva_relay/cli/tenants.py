@@ -8,11 +8,13 @@ import sys
 from datetime import date
 from typing import Any
 
+from shared.errors import KeyNotFound, VivaRelayError
 from shared.runs import tenant_registry
 from shared.tenants import Tenant, TenantRegistry
 
 from . import common
 from .drop import _tenant
+from .keysource import key_source
 
 
 def _consent_date(text: str) -> date:
@@ -73,32 +75,67 @@ def register(sub: Any) -> None:
     common.add_settings_option(add)
     add.set_defaults(handler=add_command)
 
-    lst = cmds.add_parser("list", help="list registered tenants")
+    lst = cmds.add_parser(
+        "list",
+        help="list registered tenants",
+        description="One line per tenant: enabled, factory, pipeline, directory dataset, consent expiry.",
+    )
     lst.add_argument("--enabled-only", action="store_true", help="hide disabled tenants")
     lst.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     common.add_settings_option(lst)
     lst.set_defaults(handler=list_command)
 
-    show = cmds.add_parser("show", help="show one tenant's registration as JSON")
-    show.add_argument("--tenant", required=True, type=_tenant)
+    show = cmds.add_parser(
+        "show",
+        help="show one tenant's registration as JSON",
+        description="Print a tenant's registration (factory, parameters, consent, enabled) as JSON.",
+    )
+    _add_tenant_id(show)
     common.add_settings_option(show)
     show.set_defaults(handler=show_command)
 
-    disable = cmds.add_parser("disable", help="stop starting runs for a tenant (history is kept)")
-    disable.add_argument("--tenant", required=True, type=_tenant)
+    disable = cmds.add_parser(
+        "disable",
+        help="stop starting runs for a tenant (history is kept)",
+        description="Keep the registration but start no more runs for the tenant until `tenants enable`.",
+    )
+    _add_tenant_id(disable)
     disable.add_argument("--reason", default="", help="why (shown by tenants list and runs start)")
     common.add_settings_option(disable)
     disable.set_defaults(handler=disable_command)
 
-    enable = cmds.add_parser("enable", help="start runs for a disabled tenant again")
-    enable.add_argument("--tenant", required=True, type=_tenant)
+    enable = cmds.add_parser(
+        "enable",
+        help="start runs for a disabled tenant again",
+        description="Start runs for the tenant again, from the next schedule (or `runs start`).",
+    )
+    _add_tenant_id(enable)
     common.add_settings_option(enable)
     enable.set_defaults(handler=enable_command)
 
-    remove = cmds.add_parser("remove", help="delete a tenant's registration (its run history is kept)")
-    remove.add_argument("--tenant", required=True, type=_tenant)
+    remove = cmds.add_parser(
+        "remove",
+        help="delete a tenant's registration (its run history is kept)",
+        description="Delete the tenant's registration. Its runs, drops and key are kept (remove the key with"
+        " the keys commands).",
+    )
+    _add_tenant_id(remove)
     common.add_settings_option(remove)
     remove.set_defaults(handler=remove_command)
+
+
+def _add_tenant_id(parser: argparse.ArgumentParser) -> None:
+    """TENANT_ID, positional like the ids of `drops show` and `runs show` (``--tenant`` still works)."""
+    parser.add_argument("tenant_id", metavar="TENANT_ID", nargs="?", type=_tenant, help="customer tenant id (GUID)")
+    parser.add_argument("--tenant", dest="tenant_flag", type=_tenant, metavar="TENANT_ID", help="the same as TENANT_ID")
+
+
+def _tenant_of(args: argparse.Namespace) -> str:
+    """The tenant id given positionally or with --tenant; a usage error when neither (or two different)."""
+    given = {t for t in (args.tenant_id, args.tenant_flag) if t}
+    if len(given) != 1:
+        raise common.UsageError("give one tenant id: TENANT_ID (or --tenant TENANT_ID)")
+    return str(given.pop())
 
 
 def _registry(args: argparse.Namespace) -> TenantRegistry:
@@ -124,6 +161,8 @@ def add_command(args: argparse.Namespace) -> int:
         consent_date=args.consent_date,
     )
     stored = _registry(args).add(tenant, replace_existing=args.replace)
+    for warning in _onboarding_gaps(args, stored):
+        print(f"viva-relay: warning: {warning}", file=sys.stderr)
     expires = stored.consent_expires()
     if expires is not None and expires <= date.today():
         # Registered all the same (the record is right), but runs will fail until the admin approves again.
@@ -137,6 +176,30 @@ def add_command(args: argparse.Namespace) -> int:
     else:
         print(f"tenant {stored.tenant_id} ({stored.display_name}) registered{'' if stored.enabled else ', disabled'}")
     return common.EXIT_OK
+
+
+def _onboarding_gaps(args: argparse.Namespace, tenant: Tenant) -> list[str]:
+    """What a registered tenant still lacks for its runs to work: its key, a consent date."""
+    gaps: list[str] = []
+    where = "the key store"
+    try:
+        source = key_source(args)
+        where = source.describe()
+        with source.store() as store:
+            store.export_public(tenant.tenant_id)
+    except KeyNotFound:
+        gaps.append(
+            f"{where} has no key for tenant {tenant.tenant_id}: its drops cannot be decrypted until"
+            f" `viva-relay keys create --tenant {tenant.tenant_id}` (or keys import)"
+        )
+    except VivaRelayError as exc:
+        gaps.append(f"could not check the tenant's key: {exc}")
+    if tenant.consent_date is None:
+        gaps.append(
+            "no --consent-date: the admin's approval lasts 180 days and its expiry cannot be tracked; give"
+            " --consent-date YYYY-MM-DD (the day the customer's admin approved) with tenants add --replace"
+        )
+    return gaps
 
 
 def list_command(args: argparse.Namespace) -> int:
@@ -166,26 +229,26 @@ def list_command(args: argparse.Namespace) -> int:
 
 def show_command(args: argparse.Namespace) -> int:
     """Show one tenant."""
-    _print(_registry(args).require(args.tenant))
+    _print(_registry(args).require(_tenant_of(args)))
     return common.EXIT_OK
 
 
 def disable_command(args: argparse.Namespace) -> int:
     """Disable a tenant."""
-    tenant = _registry(args).disable(args.tenant, args.reason.strip())
+    tenant = _registry(args).disable(_tenant_of(args), args.reason.strip())
     print(f"tenant {tenant.tenant_id} ({tenant.display_name}) disabled")
     return common.EXIT_OK
 
 
 def enable_command(args: argparse.Namespace) -> int:
     """Enable a tenant."""
-    tenant = _registry(args).enable(args.tenant)
+    tenant = _registry(args).enable(_tenant_of(args))
     print(f"tenant {tenant.tenant_id} ({tenant.display_name}) enabled")
     return common.EXIT_OK
 
 
 def remove_command(args: argparse.Namespace) -> int:
     """Remove a tenant's registration."""
-    tenant = _registry(args).remove(args.tenant)
+    tenant = _registry(args).remove(_tenant_of(args))
     print(f"tenant {tenant.tenant_id} ({tenant.display_name}) removed; its run history is kept")
     return common.EXIT_OK
