@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite
 
-.PHONY: help install demo test lint typecheck unit bench bench-smoke clean
+.PHONY: help install postgres demo test lint typecheck unit bench bench-smoke clean
 
 help:
 	@echo "make demo   - run a simulated drop end to end on Azurite (no Azure account needed)"
@@ -25,6 +25,12 @@ $(AZURITE): package.json package-lock.json
 
 install: $(STAMP) $(AZURITE)
 
+# The consumer's tests, demo and bench start their own PostgreSQL server from the Debian package.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -32,15 +38,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: install
+unit: install postgres
 	$(PY) -m pytest -q
 
 test: install lint typecheck unit
 
-demo: install
+demo: install postgres
 	$(PY) -m devtools.demo
 
-bench: install
+bench: install postgres
 	$(PY) -m devtools.bench
 
 clean:
