@@ -202,9 +202,7 @@ class ConsumerSettings:
             database_url=e.get("CONSUMER_DATABASE_URL", "").strip(),
             entra_auth=_bool("CONSUMER_DATABASE_ENTRA_AUTH", e.get("CONSUMER_DATABASE_ENTRA_AUTH", "false")),
             queue=_name("DOWNSTREAM_QUEUE", e.get("DOWNSTREAM_QUEUE", cls.queue), _QUEUE_RE, "queue"),
-            batch_messages=min(
-                32, _int("CONSUMER_BATCH_MESSAGES", e.get("CONSUMER_BATCH_MESSAGES", "32"), minimum=1)
-            ),
+            batch_messages=min(32, _int("CONSUMER_BATCH_MESSAGES", e.get("CONSUMER_BATCH_MESSAGES", "32"), minimum=1)),
             visibility_timeout_seconds=_int(
                 "CONSUMER_VISIBILITY_TIMEOUT_SECONDS", e.get("CONSUMER_VISIBILITY_TIMEOUT_SECONDS", "300"), minimum=1
             ),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import simdjson
 from isal import isal_zlib
@@ -17,6 +17,7 @@ from isal import isal_zlib
 from shared.messages import CONTRACT_VERSION
 
 _GZIP_WBITS = 31
+_ISAL_ERROR = cast("type[Exception]", isal_zlib.error)  # its stubs call it an instance
 _MAX_RAW_IN_POISON = 1_000_000  # characters of an undecodable message kept in the poison table
 
 
@@ -117,7 +118,7 @@ def parse(payload: str | bytes, parser: simdjson.Parser | None = None) -> Parsed
     raw = _raw_text(payload)
     try:
         data = _json_bytes(payload)
-    except (binascii.Error, ValueError, isal_zlib.error) as exc:
+    except (binascii.Error, ValueError, _ISAL_ERROR) as exc:
         return Poison(f"undecodable message: {type(exc).__name__}: {exc}", raw)
     # simdjson validates without building Python objects for the rows; the body goes to PostgreSQL as it
     # is, so every value keeps its spelling (a re-serialised float could differ).
@@ -128,8 +129,9 @@ def parse(payload: str | bytes, parser: simdjson.Parser | None = None) -> Parsed
         return Poison(f"not JSON: {exc}", raw)
     if not isinstance(doc, simdjson.Object):
         return Poison("a message must be a JSON object", raw)
-    drop = doc.get("drop") if isinstance(doc.get("drop"), str) else None
-    seq = doc.get("seq") if isinstance(doc.get("seq"), int) else None
+    drop_value, seq_value = doc.get("drop"), doc.get("seq")
+    drop = drop_value if isinstance(drop_value, str) else None
+    seq = seq_value if isinstance(seq_value, int) else None
     try:
         return _validated(doc, data, raw)
     except (ValueError, KeyError) as exc:

@@ -22,7 +22,7 @@ from shared.config import POSTGRES_ENTRA_SCOPE, ConsumerSettings
 from shared.errors import ConfigError, TransientError
 
 from .contract import Parsed, Poison, parse
-from .schema import migrate
+from .schema import migrate, pending_migrations
 from .store import Applied, Published, apply_messages, poison, publish, ready_drops
 
 log = logging.getLogger("viva_relay.consumer")
@@ -90,11 +90,18 @@ class Consumer:
             return action(self.connection())
         except psycopg.OperationalError as exc:
             self.close()
-            raise TransientError(f"PostgreSQL: {str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise TransientError(
+                f"PostgreSQL: {str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; returns the versions applied."""
         result: list[str] = self._guard(migrate)
+        return result
+
+    def pending_migrations(self) -> list[str]:
+        """Migrations the database lacks."""
+        result: list[str] = self._guard(pending_migrations)
         return result
 
     def apply(self, payloads: Sequence[str | bytes]) -> Applied:

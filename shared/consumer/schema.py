@@ -97,10 +97,12 @@ def published_table(conn: psycopg.Connection, table_name: str) -> str:
             index=sql.Identifier(f"{name[:55]}_key"), table=table
         )
     )
-    conn.execute(sql.SQL("CREATE INDEX {index} ON {table} (drop_id)").format(index=sql.Identifier(f"{name[:54]}_drop"), table=table))
     conn.execute(
-        f"INSERT INTO {SCHEMA}.datasets (table_name, published_table) VALUES (%s, %s)", (table_name, name)
+        sql.SQL("CREATE INDEX {index} ON {table} (drop_id)").format(
+            index=sql.Identifier(f"{name[:54]}_drop"), table=table
+        )
     )
+    conn.execute(f"INSERT INTO {SCHEMA}.datasets (table_name, published_table) VALUES (%s, %s)", (table_name, name))
     return name
 
 
@@ -147,11 +149,14 @@ def typed_columns(conn: psycopg.Connection, table_name: str, published: str, dro
         column = TypedColumn(key, identifier(key, taken), _SQL_TYPES[json_type])
         conn.execute(
             sql.SQL("ALTER TABLE {table} ADD COLUMN {column} {type}").format(
-                table=sql.Identifier(SCHEMA, published), column=sql.Identifier(column.column), type=sql.SQL(column.sql_type)
+                table=sql.Identifier(SCHEMA, published),
+                column=sql.Identifier(column.column),
+                type=sql.SQL(column.sql_type),
             )
         )
         conn.execute(
-            f"INSERT INTO {SCHEMA}.dataset_columns (table_name, json_key, column_name, sql_type) VALUES (%s, %s, %s, %s)",
+            f"INSERT INTO {SCHEMA}.dataset_columns (table_name, json_key, column_name, sql_type)"
+            " VALUES (%s, %s, %s, %s)",
             (table_name, column.json_key, column.column, column.sql_type),
         )
         known[key] = column

@@ -91,7 +91,9 @@ def _ensure_drops(conn: psycopg.Connection, items: Sequence[Rows | Complete | Fa
         )
 
 
-def _lock_drops(conn: psycopg.Connection, drops: Iterable[str], mode: str) -> dict[str, tuple[str, int | None, str, str]]:
+def _lock_drops(
+    conn: psycopg.Connection, drops: Iterable[str], mode: str
+) -> dict[str, tuple[str, int | None, str, str]]:
     """Lock the drops' rows (``SHARE`` while staging, ``UPDATE`` to change state) in a fixed order."""
     rows = conn.execute(
         f"SELECT drop_id, status, messages, tenant, table_name FROM {S}.drops"
@@ -139,7 +141,8 @@ def stage_rows(conn: psycopg.Connection, items: Sequence[Rows]) -> Applied:
     staged = {
         (r[0], r[1])
         for r in conn.execute(
-            f"SELECT drop_id, seq FROM {S}.staging WHERE (drop_id, seq) IN (SELECT * FROM unnest(%s::text[], %s::int[]))",
+            f"SELECT drop_id, seq FROM {S}.staging"
+            " WHERE (drop_id, seq) IN (SELECT * FROM unnest(%s::text[], %s::int[]))",
             ([m.drop for m in items], [m.seq for m in items]),
         )
     }
@@ -158,9 +161,7 @@ def stage_rows(conn: psycopg.Connection, items: Sequence[Rows]) -> Applied:
         else:
             fresh[(m.drop, m.seq)] = m
     if fresh:
-        with conn.cursor().copy(
-            f"COPY {S}.staging (drop_id, seq, first_row, row_count, message) FROM STDIN"
-        ) as copy:
+        with conn.cursor().copy(f"COPY {S}.staging (drop_id, seq, first_row, row_count, message) FROM STDIN") as copy:
             for m in fresh.values():
                 copy.write(
                     b"%s\t%d\t%d\t%d\t%s\n"
@@ -201,7 +202,8 @@ def apply_complete(conn: psycopg.Connection, item: Complete) -> Applied:
     beyond = conn.execute(
         f"WITH moved AS (DELETE FROM {S}.staging WHERE drop_id = %s AND seq >= %s RETURNING drop_id, seq, message)"
         f" INSERT INTO {S}.poison (reason, drop_id, seq, raw)"
-        " SELECT 'seq ' || seq || ' is beyond the drop''s ' || %s || ' messages', drop_id, seq, message::text FROM moved",
+        " SELECT 'seq ' || seq || ' is beyond the drop''s ' || %s || ' messages', drop_id, seq, message::text"
+        " FROM moved",
         (item.drop, item.messages, item.messages),
     ).rowcount
     done.poisoned += max(0, beyond)
@@ -298,7 +300,9 @@ def _publish(conn: psycopg.Connection, drop_id: str) -> Published:
         return Published(drop_id, "failed", reason=reason)
     published = published_table(conn, table_name)
     columns = typed_columns(conn, table_name, published, drop_id)
-    upserted = conn.execute(_upsert_sql(published, columns), {"drop": drop_id, "tenant": tenant, "end": drop_end}).rowcount
+    upserted = conn.execute(
+        _upsert_sql(published, columns), {"drop": drop_id, "tenant": tenant, "end": drop_end}
+    ).rowcount
     conn.execute(f"DELETE FROM {S}.staging WHERE drop_id = %s", (drop_id,))
     conn.execute(f"UPDATE {S}.drops SET status = 'published', published_at = now() WHERE drop_id = %s", (drop_id,))
     log.info("drop %s published: %d rows into %s.%s", drop_id, rows, S, published)
@@ -315,7 +319,8 @@ def _upsert_sql(published: str, typed: Sequence[TypedColumn]) -> sql.Composed:
     return sql.SQL(
         "INSERT INTO {table} AS p (tenant, person_id, metric_date, drop_id, drop_end, data{names})"
         " SELECT DISTINCT ON (person_id, metric_date)"
-        " %(tenant)s, coalesce(e.r ->> 'PersonId', '') AS person_id, left(e.r ->> 'MetricDate', 10)::date AS metric_date,"
+        " %(tenant)s, coalesce(e.r ->> 'PersonId', '') AS person_id,"
+        " left(e.r ->> 'MetricDate', 10)::date AS metric_date,"
         " %(drop)s, %(end)s, e.r{values}"
         " FROM {staging} s CROSS JOIN LATERAL jsonb_array_elements(s.message -> 'rows') WITH ORDINALITY AS e(r, i)"
         " WHERE s.drop_id = %(drop)s"
