@@ -146,6 +146,15 @@ class LocalPostgres:
         with psycopg.connect(self.url.replace(f"dbname={DATABASE}", "dbname=postgres"), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
 
+    def new_database(self, name: str) -> str:
+        """Create an empty database ``name`` (letters, digits, ``_``); returns its connection string."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url.replace(f"dbname={DATABASE}", f"dbname={name}")
+
     def log_text(self) -> str:
         """The server's log (for error messages)."""
         try:
