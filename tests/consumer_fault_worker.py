@@ -43,7 +43,7 @@ def _install() -> None:
             _stop_here()
             return publish(conn, drop_id)
 
-        shared.consumer.runner.publish = stop_before  # type: ignore[assignment]
+        setattr(shared.consumer.runner, "publish", stop_before)  # noqa: B010 - not re-exported on purpose
     elif POINT == "during-publish":
         execute = psycopg.Connection.execute
 
@@ -53,7 +53,7 @@ def _install() -> None:
                 _stop_here()
             return execute(self, query, *args, **kwargs)
 
-        psycopg.Connection.execute = execute_then_stop  # type: ignore[method-assign]
+        psycopg.Connection.execute = execute_then_stop  # type: ignore[method-assign,assignment]
 
 
 if __name__ == "__main__":
