@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -124,10 +125,14 @@ def parse(payload: str | bytes, parser: simdjson.Parser | None = None) -> Parsed
     # is, so every value keeps its spelling (a re-serialised float could differ).
     parser = parser or simdjson.Parser()
     try:
-        doc = parser.parse(data)
-    except ValueError as exc:
-        return Poison(f"not JSON: {exc}", raw)
-    if not isinstance(doc, simdjson.Object):
+        doc: Any = parser.parse(data)
+    except (ValueError, RuntimeError):
+        # simdjson refuses some valid JSON (an integer beyond 64 bits): the standard parser decides.
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            return Poison(f"not JSON: {exc}", raw)
+    if not isinstance(doc, (simdjson.Object, dict)):
         return Poison("a message must be a JSON object", raw)
     drop_value, seq_value = doc.get("drop"), doc.get("seq")
     drop = drop_value if isinstance(drop_value, str) else None
@@ -146,7 +151,7 @@ def _validated(doc: Any, data: bytes, raw: str) -> Parsed:
     tenant, drop, table = _text(doc, "tenant"), _text(doc, "drop"), _text(doc, "table")
     if kind == "rows":
         rows = doc.get("rows")
-        if not isinstance(rows, simdjson.Array):
+        if not isinstance(rows, (simdjson.Array, list)):
             raise ValueError("field 'rows' must be an array")
         row_count = _count(doc, "row_count")
         if len(rows) != row_count:
