@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -42,10 +43,8 @@ def typed(rows: list[bytes]) -> list[bytes]:
             if isinstance(value, str) and value.lower() in ("true", "false"):
                 row[key] = value.lower() == "true"
             elif isinstance(value, str) and key not in ("PersonId", "MetricDate"):
-                try:
+                with contextlib.suppress(ValueError):
                     row[key] = float(value) if "." in value else int(value)
-                except ValueError:
-                    pass
         out.append(json.dumps(row).encode())
     return out
 
