@@ -125,7 +125,7 @@ def test_typed_values_fill_typed_columns(relay: Relay, consumer_db: str) -> None
     put(relay.rt.queue, drop.all())
     consume_once(relay, consumer_db)
     with psycopg.connect(consumer_db) as conn:
-        columns = dict(
+        columns: dict[str, str] = dict(
             conn.execute(
                 "SELECT json_key, column_name FROM viva_relay.dataset_columns WHERE json_key IN"
                 " ('Collaboration hours', 'IsActive')"
