@@ -45,6 +45,7 @@ test: install lint typecheck unit
 
 demo: install postgres
 	$(PY) -m devtools.demo
+	$(PY) -m devtools.demo_consumer
 
 bench: install postgres
 	$(PY) -m devtools.bench
