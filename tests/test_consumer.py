@@ -96,15 +96,20 @@ def test_bad_messages_go_to_poison_and_processing_goes_on(relay: Relay, consumer
     other = json.loads(drop.messages[0]) | {"v": 2}
     beyond = json.loads(drop.messages[0]) | {"seq": len(drop.messages) + 3}
     nul = json.loads(PackedDrop([b'{"PersonId":"x\\u0000y"}']).messages[0])  # PostgreSQL's JSONB refuses \u0000
-    put(relay.rt.queue, ["not base64 at all!", json.dumps(other), *drop.all(), json.dumps(beyond), json.dumps(nul)])
+    lone = PackedDrop([b'{"PersonId":"x\\ud800y"}']).messages[0]  # so does it a lone surrogate
+    put(
+        relay.rt.queue,
+        ["not base64 at all!", json.dumps(other), *drop.all(), json.dumps(beyond), json.dumps(nul), lone],
+    )
     consume_once(relay, consumer_db)
     with psycopg.connect(consumer_db) as conn:
         reasons = sorted(r[0] for r in conn.execute("SELECT reason FROM viva_relay.poison"))
-    assert len(reasons) == 4
-    assert reasons[0].startswith("refused by PostgreSQL")
-    assert "beyond the drop's" in reasons[1]
-    assert reasons[2].startswith("undecodable message")
-    assert "unknown contract version 2" in reasons[3]
+    assert len(reasons) == 5
+    assert reasons[0].startswith("a value holds \\u0000")
+    assert reasons[1].startswith("refused by PostgreSQL")
+    assert "beyond the drop's" in reasons[2]
+    assert reasons[3].startswith("undecodable message")
+    assert "unknown contract version 2" in reasons[4]
     audit(consumer_db, drop.rows, tenant=drop.tenant, case="poison does not stop the queue")
 
 
@@ -187,3 +192,23 @@ def test_unchanged_value_spelling(relay: Relay, consumer_db: str) -> None:
     with psycopg.connect(consumer_db) as conn:
         text = conn.execute(f"SELECT data->>'Hours', data->>'Big' FROM {PUBLISHED}").fetchone()
     assert text == ("12.500000000000000001", "12345678901234567890123")
+
+
+def test_a_value_postgresql_refuses_at_publish_fails_the_drop_with_the_reason(relay: Relay, consumer_db: str) -> None:
+    rows = [*person_rows(3, [0], "a"), b'{"PersonId":"z","MetricDate":"2024-01-07","Note":"\\ud800"}']
+    drop = PackedDrop(rows, limit=65536)
+    assert len(drop.messages) == 1  # the bad value is not in the first row, which the staging samples
+    put(relay.rt.queue, drop.all())
+    consume_once(relay, consumer_db)
+    with psycopg.connect(consumer_db) as conn:
+        status, reason = conn.execute("SELECT status, reason FROM viva_relay.drops").fetchone() or (None, None)
+    assert status == "failed" and reason.startswith("publish: ")
+    assert published(consumer_db, drop.tenant) == []
+
+
+def test_a_key_repeated_within_a_drop_keeps_its_last_row(relay: Relay, consumer_db: str) -> None:
+    first, again = person_rows(4, [0], "first"), person_rows(4, [0], "again")
+    drop = PackedDrop([*first, *person_rows(4, [1], "x"), *again])
+    put(relay.rt.queue, drop.all())
+    consume_once(relay, consumer_db)
+    audit(consumer_db, person_rows(4, [1], "x") + again, tenant=drop.tenant, case="repeated key: last row wins")

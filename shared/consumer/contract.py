@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,13 +19,18 @@ from isal import isal_zlib
 from shared.messages import CONTRACT_VERSION
 
 _GZIP_WBITS = 31
+#: ``\u0000`` as a JSON escape (not ``\\u0000``, an escaped backslash followed by text).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _ISAL_ERROR = cast("type[Exception]", isal_zlib.error)  # its stubs call it an instance
 _MAX_RAW_IN_POISON = 1_000_000  # characters of an undecodable message kept in the poison table
 
 
 @dataclass(frozen=True)
 class Rows:
-    """A ``rows`` message; ``body`` is its JSON as received (PostgreSQL parses it once, into JSONB)."""
+    """A ``rows`` message; ``body`` is its JSON as received (PostgreSQL parses it once, at publish).
+
+    ``sample`` is its first row, re-serialised: only its keys and value types are used.
+    """
 
     tenant: str
     drop: str
@@ -33,6 +39,7 @@ class Rows:
     first_row: int
     row_count: int
     body: bytes
+    sample: bytes
     raw: str
 
 
@@ -143,6 +150,16 @@ def parse(payload: str | bytes, parser: simdjson.Parser | None = None) -> Parsed
         return Poison(str(exc), raw, drop, seq)
 
 
+def _sample(row: Any) -> bytes:
+    """The first row as compact JSON (any JSON object; a non-object row samples as ``{}``)."""
+    if isinstance(row, simdjson.Object):
+        mini: bytes | str = row.mini  # bytes at run time, str in the stubs
+        return mini if isinstance(mini, bytes) else mini.encode("utf-8")
+    if isinstance(row, dict):
+        return json.dumps(row, separators=(",", ":")).encode("utf-8")
+    return b"{}"
+
+
 def _validated(doc: Any, data: bytes, raw: str) -> Parsed:
     version = doc.get("v")
     if version != CONTRACT_VERSION:
@@ -156,7 +173,11 @@ def _validated(doc: Any, data: bytes, raw: str) -> Parsed:
         row_count = _count(doc, "row_count")
         if len(rows) != row_count:
             raise ValueError(f"row_count is {row_count} but the message holds {len(rows)} rows")
-        return Rows(tenant, drop, table, _count(doc, "seq"), _count(doc, "first_row"), row_count, data, raw)
+        if b"\\u0000" in data and _NUL_ESCAPE.search(data):
+            # PostgreSQL's JSONB cannot hold U+0000: refuse the message now, not at publish.
+            raise ValueError("a value holds \\u0000, which PostgreSQL's JSONB refuses")
+        sample = _sample(rows[0]) if row_count else b"{}"
+        return Rows(tenant, drop, table, _count(doc, "seq"), _count(doc, "first_row"), row_count, data, sample, raw)
     if kind == "complete":
         messages = _count(doc, "messages")
         if doc.get("seq") != messages:

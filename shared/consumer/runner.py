@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -187,34 +187,58 @@ def drain(
 
     With ``once`` it returns when the queue is empty; otherwise it polls until ``should_stop()``.
     Drops left complete by an earlier run (killed between staging and publishing) are published first.
+    The next batch is received while the database applies the current one, and deletes run in the
+    background; both only overlap work whose outcome they do not depend on.
     """
     report = DrainReport()
     started = time.monotonic()
     settings = consumer.settings
-    report.published += consumer.publish_ready()
-    with ThreadPoolExecutor(_DELETE_CONCURRENCY) as deleter:
-        while not should_stop():
-            batch = list(
-                queue.receive_messages(
-                    messages_per_page=settings.batch_messages,
-                    max_messages=settings.batch_messages,
-                    visibility_timeout=settings.visibility_timeout_seconds,
-                )
+
+    def receive() -> list[Any]:
+        return list(
+            queue.receive_messages(
+                messages_per_page=settings.batch_messages,
+                max_messages=settings.batch_messages,
+                visibility_timeout=settings.visibility_timeout_seconds,
             )
-            if not batch:
-                report.published += consumer.publish_ready()
-                if once:
-                    break
-                time.sleep(poll_seconds)
-                continue
-            applied = consumer.apply([m.content for m in batch])
-            # Acknowledge only now that the transaction has committed.
-            list(deleter.map(queue.delete_message, batch))
-            report.messages += len(batch)
-            report.applied.add(applied)
-            report.published += consumer.publish_ready(applied.drops)
-            report.seconds = time.monotonic() - started
-            if on_progress is not None:
-                on_progress(report)
+        )
+
+    report.published += consumer.publish_ready()
+    with ThreadPoolExecutor(1) as receiver, ThreadPoolExecutor(_DELETE_CONCURRENCY) as deleter:
+        deletes: list[Future[None]] = []
+        upcoming = receiver.submit(receive)
+        try:
+            while not should_stop():
+                batch = upcoming.result()
+                if not batch:
+                    _settle(deletes)
+                    report.published += consumer.publish_ready()
+                    if once:
+                        break
+                    time.sleep(poll_seconds)
+                    upcoming = receiver.submit(receive)
+                    continue
+                upcoming = receiver.submit(receive)
+                applied = consumer.apply([m.content for m in batch])
+                # Acknowledge only now that the transaction has committed.
+                deletes += [deleter.submit(queue.delete_message, m) for m in batch]
+                report.messages += len(batch)
+                report.applied.add(applied)
+                report.published += consumer.publish_ready(applied.drops)
+                report.seconds = time.monotonic() - started
+                if on_progress is not None:
+                    on_progress(report)
+        finally:
+            _settle(deletes)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _settle(deletes: list[Future[None]]) -> None:
+    """Wait for the deletes sent so far. A failed delete only means the message returns later, as a
+    duplicate the staging key absorbs: it is logged, not raised."""
+    for future in deletes:
+        error = future.exception()
+        if error is not None:
+            log.warning("a consumed message could not be deleted (it will come back as a duplicate): %s", error)
+    deletes.clear()

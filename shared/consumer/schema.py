@@ -97,11 +97,6 @@ def published_table(conn: psycopg.Connection, table_name: str) -> str:
             index=sql.Identifier(f"{name[:55]}_key"), table=table
         )
     )
-    conn.execute(
-        sql.SQL("CREATE INDEX {index} ON {table} (drop_id)").format(
-            index=sql.Identifier(f"{name[:54]}_drop"), table=table
-        )
-    )
     conn.execute(f"INSERT INTO {SCHEMA}.datasets (table_name, published_table) VALUES (%s, %s)", (table_name, name))
     return name
 
@@ -138,7 +133,7 @@ def typed_columns(conn: psycopg.Connection, table_name: str, published: str, dro
     }
     seen = conn.execute(
         f"SELECT DISTINCT j.key, jsonb_typeof(j.value) FROM {SCHEMA}.staging s,"
-        " jsonb_each(s.message -> 'rows' -> 0) j"
+        " jsonb_each(s.sample) j"
         " WHERE s.drop_id = %s AND jsonb_typeof(j.value) IN ('number', 'boolean') ORDER BY 1",
         (drop_id,),
     ).fetchall()

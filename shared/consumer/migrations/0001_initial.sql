@@ -25,16 +25,20 @@ CREATE TABLE viva_relay.drops (
 );
 CREATE INDEX drops_pending ON viva_relay.drops (status) WHERE status = 'complete';
 
--- Rows messages of drops not yet published, each kept whole (its rows are message->'rows'):
--- the primary key makes each (drop, seq) count once.
+-- Rows messages of drops not yet published, each kept whole as the JSON text received (its rows are
+-- parsed once, when the drop is published): the primary key makes each (drop, seq) count once.
 CREATE TABLE viva_relay.staging (
     drop_id    text NOT NULL REFERENCES viva_relay.drops (drop_id),
     seq        integer NOT NULL CHECK (seq >= 0),
     first_row  bigint NOT NULL,
     row_count  integer NOT NULL,
-    message    jsonb NOT NULL,
+    sample     jsonb NOT NULL,  -- the message's first row: which keys carry numbers or booleans
+    message    text NOT NULL,
     PRIMARY KEY (drop_id, seq)
 );
+-- A message is up to ~250 KB read once at publish: storing it uncompressed saves compressing it on
+-- the way in and decompressing it on the way out.
+ALTER TABLE viva_relay.staging ALTER COLUMN message SET STORAGE EXTERNAL;
 
 -- One published table per dataset (created on first publish), and the typed columns it has.
 CREATE TABLE viva_relay.datasets (
