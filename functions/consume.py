@@ -41,7 +41,8 @@ def consume_rows(message: func.QueueMessage) -> None:
     """Apply one message (the host has already Base64-decoded it), then publish its drop if it is ready."""
     consumer = get_consumer()
     applied = consumer.apply([message.get_body()])
-    published = consumer.publish_ready(applied.drops)
+    # Every ready drop, not only this message's: one left unpublished by a worker that died is picked up.
+    published = consumer.publish_ready()
     log.info(
         "consume %s",
         json.dumps(
