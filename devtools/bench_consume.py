@@ -73,8 +73,7 @@ def measure(stream: Callable[[Any], tuple[float, int]], tenant: str, encoding: s
         queue.create_queue()
         sink = QueueSink(queue, Envelope(tenant, drop_id, PERSON_REPORT), encoding, concurrency=concurrency)
         try:
-            stream(sink)
-            sink.finish({"request_end": "2026-11-23T00:00:00+00:00"})
+            stream(sink)  # rows messages, then the complete message
         finally:
             sink.close()
         messages = sink.messages_sent
