@@ -212,3 +212,42 @@ def test_a_key_repeated_within_a_drop_keeps_its_last_row(relay: Relay, consumer_
     put(relay.rt.queue, drop.all())
     consume_once(relay, consumer_db)
     audit(consumer_db, person_rows(4, [1], "x") + again, tenant=drop.tenant, case="repeated key: last row wins")
+
+
+def test_worker_mode_keeps_polling_until_stopped(relay: Relay, consumer_db: str) -> None:
+    consumer = Consumer(settings_for(relay, consumer_db))
+    consumer.migrate()
+    drop = PackedDrop(person_rows(5, [0, 1], "a"))
+    put(relay.rt.queue, drop.messages)
+    polls: list[int] = []
+
+    def stop_after_a_few_polls() -> bool:
+        polls.append(1)
+        if len(polls) == 3:
+            put(relay.rt.queue, [drop.complete])  # the complete message arrives while the worker waits
+        return len(polls) > 8
+
+    report = drain(consumer, relay.rt.queue, once=False, poll_seconds=0.05, should_stop=stop_after_a_few_polls)
+    consumer.close()
+    assert report.messages == len(drop.all())
+    audit(consumer_db, drop.rows, tenant=drop.tenant, case="worker mode")
+
+
+class RecordingCredential:
+    def __init__(self) -> None:
+        self.scopes: list[str] = []
+
+    def get_token(self, *scopes: str) -> Any:
+        from azure.core.credentials import AccessToken
+
+        self.scopes += scopes
+        return AccessToken("token-of-the-app-identity", int(time.time()) + 3600)
+
+
+def test_entra_sign_in_sends_the_identity_token_only_over_tls(consumer_db: str) -> None:
+    credential = RecordingCredential()
+    settings = ConsumerSettings(database_url=consumer_db, entra_auth=True)
+    # The local server has no TLS: the token is never sent in the clear, the attempt fails as transient.
+    with pytest.raises(TransientError):
+        Consumer(settings, credential=credential).migrate()
+    assert credential.scopes == ["https://ossrdbms-aad.database.windows.net/.default"]
