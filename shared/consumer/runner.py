@@ -123,7 +123,9 @@ class Consumer:
             # Another consumer staged the same (drop, seq) at the same moment: it is a duplicate now.
             result = self._guard(in_one)
             return result
-        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            # A value PostgreSQL refuses. (A ProgrammingError, e.g. a missing table, is not the
+            # message's fault: it propagates and the message stays on the queue.)
             if len(items) > 1:
                 total = Applied()
                 for item in items:
