@@ -82,7 +82,6 @@ def measure(stream: Callable[[Any], tuple[float, int]], tenant: str, encoding: s
         consumer = Consumer(ConsumerSettings(database_url=postgres.url))
         consumer.migrate()
         phases: dict[str, float] = {}
-        consumer.apply = _timed(phases, "decode", consumer.apply)  # type: ignore[method-assign]
         consumer.apply_parsed = _timed(phases, "staging transaction (COPY)", consumer.apply_parsed)  # type: ignore[method-assign]
         consumer.publish_ready = _timed(phases, "publish", consumer.publish_ready)  # type: ignore[method-assign]
         started = time.perf_counter()
@@ -91,8 +90,9 @@ def measure(stream: Callable[[Any], tuple[float, int]], tenant: str, encoding: s
         with consumer.connection().cursor() as cur:
             published = cur.execute(f"SELECT count(*) FROM {PUBLISHED}").fetchone()
         consumer.close()
-    phases["decode"] -= phases.get("staging transaction (COPY)", 0.0)  # apply = decode + staging
-    phases["waiting for the queue, other"] = consume_seconds - sum(phases.values())
+    # Receiving and decoding run on a second thread during the database work; what shows is what it
+    # did not hide.
+    phases["waiting for the next batch (receive + decode), other"] = consume_seconds - sum(phases.values())
     return {
         "rows": rows,
         "messages": messages,
@@ -119,5 +119,5 @@ def report(label: str, plaintext_bytes: int, result: dict[str, Any]) -> str:
         "  where the consumer's time goes:",
     ]
     for name, seconds in sorted(result["phases"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"    {name:<38} {seconds:6.2f} s  {seconds / result['consume_seconds']:5.0%}")
+        lines.append(f"    {name:<54} {seconds:6.2f} s  {seconds / result['consume_seconds']:5.0%}")
     return "\n".join(lines)

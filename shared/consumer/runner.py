@@ -189,21 +189,25 @@ def drain(
 
     With ``once`` it returns when the queue is empty; otherwise it polls until ``should_stop()``.
     Drops left complete by an earlier run (killed between staging and publishing) are published first.
-    The next batch is received while the database applies the current one, and deletes run in the
-    background; both only overlap work whose outcome they do not depend on.
+    The next batch is received and decoded while the database applies the current one, and deletes
+    run in the background; both only overlap work whose outcome they do not depend on.
     """
     report = DrainReport()
     started = time.monotonic()
     settings = consumer.settings
 
-    def receive() -> list[Any]:
-        return list(
+    parser = simdjson.Parser()  # used by the receiver thread only
+
+    def receive() -> tuple[list[Any], list[Parsed]]:
+        # Decoding here, on the receiver thread, overlaps it with the database work of the batch before.
+        batch = list(
             queue.receive_messages(
                 messages_per_page=settings.batch_messages,
                 max_messages=settings.batch_messages,
                 visibility_timeout=settings.visibility_timeout_seconds,
             )
         )
+        return batch, [parse(m.content, parser) for m in batch]
 
     report.published += consumer.publish_ready()
     with ThreadPoolExecutor(1) as receiver, ThreadPoolExecutor(_DELETE_CONCURRENCY) as deleter:
@@ -211,7 +215,7 @@ def drain(
         upcoming = receiver.submit(receive)
         try:
             while not should_stop():
-                batch = upcoming.result()
+                batch, parsed = upcoming.result()
                 if not batch:
                     _settle(deletes)
                     report.published += consumer.publish_ready()
@@ -221,7 +225,7 @@ def drain(
                     upcoming = receiver.submit(receive)
                     continue
                 upcoming = receiver.submit(receive)
-                applied = consumer.apply([m.content for m in batch])
+                applied = consumer.apply_parsed(parsed)
                 # Acknowledge only now that the transaction has committed.
                 deletes += [deleter.submit(queue.delete_message, m) for m in batch]
                 report.messages += len(batch)
