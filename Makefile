@@ -7,7 +7,7 @@ AZURITE := node_modules/.bin/azurite
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: help install demo dev dev-down test lint typecheck iac unit bench bench-smoke clean
+.PHONY: help install postgres demo dev dev-down test lint typecheck iac unit bench bench-smoke clean
 
 help:
 	@echo "make demo   - run a simulated drop end to end on Azurite (no Azure account needed)"
@@ -36,6 +36,12 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 
 install: $(STAMP) $(AZURITE)
 
+# The consumer's tests, demo and bench start their own PostgreSQL server from the Debian package.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -48,13 +54,14 @@ typecheck: $(STAMP)
 iac: $(CHECKOV_STAMP)
 	LOG_LEVEL=ERROR $(CHECKOV_VENV)/bin/checkov --config-file infra/.checkov.yaml --quiet --compact
 
-unit: install
+unit: install postgres
 	$(PY) -m pytest -q
 
 test: install lint typecheck iac unit
 
-demo: install
+demo: install postgres
 	$(PY) -m devtools.demo
+	$(PY) -m devtools.demo_consumer
 
 dev: install
 	$(PY) -m devtools.dev up
@@ -62,7 +69,7 @@ dev: install
 dev-down:
 	@if test -x $(PY); then $(PY) -m devtools.dev down; else echo "nothing to stop (no .venv)"; fi
 
-bench: install
+bench: install postgres
 	$(PY) -m devtools.bench
 
 clean:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import cleanup, ingest, recheck, schedule
+from functions import cleanup, consume, ingest, recheck, schedule
 
 BLUEPRINTS = (ingest.bp, recheck.bp, schedule.bp, cleanup.bp)
 
 
 def create_app() -> func.FunctionApp:
-    """A FunctionApp with every blueprint registered (tests build their own)."""
+    """A FunctionApp with every blueprint registered (the consumer only when its database is set)."""
     application = func.FunctionApp()
-    for blueprint in BLUEPRINTS:
+    for blueprint in BLUEPRINTS + consume.blueprints():
         application.register_functions(blueprint)
     return application
 

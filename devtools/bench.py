@@ -9,11 +9,13 @@ and measures, each in a fresh process so that peak RSS belongs to one variant al
 - ``packed-<encoding>``: the same with message packing in each queue encoding (the shipped one is
   the summary's packed path);
 - ``azurite``: a smaller drop delivered into a real Azurite queue with the default put concurrency,
-  with our CPU time and Azurite's, to say which side limits delivery.
+  with our CPU time and Azurite's, to say which side limits delivery;
+- ``consume``: that drop's messages from the queue into published PostgreSQL rows by the reference
+  consumer, next to a plain ``COPY`` of the same rows into the same server (``devtools/bench_consume.py``).
 
 The last line printed is the summary of the largest drop::
 
-    bench: ratio_to_floor=<R> packed_ratio_to_floor=<P> peak_rss_mib=<M> rows=<N>
+    bench: ratio_to_floor=<R> packed_ratio_to_floor=<P> peak_rss_mib=<M> rows=<N> [consume_ratio_to_copy=<K>]
 
 Usage: ``python -m devtools.bench [--sizes 100MB,1GB] [--workdir DIR] [--encoding gzip-base64]
 [--no-azurite] [--azurite-mb N] [--repeat N]``. See docs/performance.md.
@@ -360,6 +362,26 @@ def measure_azurite(drop: BenchDrop, encoding: str) -> Result:
     )
 
 
+def measure_consume(drop: BenchDrop) -> Result:
+    """The drop's messages from an Azurite queue into published PostgreSQL rows, next to a plain COPY."""
+    from devtools import bench_consume
+    from shared.config import Settings
+
+    settings = Settings()
+    found = bench_consume.measure(
+        lambda sink: _stream(drop, sink), BENCH_TENANT, settings.message_encoding, settings.put_concurrency
+    )
+    return Result(
+        "consume",
+        found["consume_seconds"],
+        drop.plaintext_bytes,
+        found["published_rows"],
+        _peak_rss_kib(),
+        messages=found["messages"],
+        extra=found,
+    )
+
+
 def _measure_in_process(args: argparse.Namespace) -> None:
     """The ``--measure`` entry point: one variant, result as JSON on stdout."""
     saved = json.loads((Path(args.drop) / "manifest.json").read_text())
@@ -376,6 +398,8 @@ def _measure_in_process(args: argparse.Namespace) -> None:
         result = measure_packed(drop, variant.removeprefix("packed-"))
     elif variant.startswith("azurite-"):
         result = measure_azurite(drop, variant.removeprefix("azurite-"))
+    elif variant == "consume":
+        result = measure_consume(drop)
     else:
         raise SystemExit(f"bench: unknown variant {variant!r}")
     print(json.dumps(asdict(result)))
@@ -558,6 +582,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-azurite", action="store_true", help="skip delivery into Azurite")
     p.add_argument("--azurite-mb", type=float, default=50.0, help="drop size for the Azurite delivery (MB)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive whole-file recipe")
+    p.add_argument("--no-consume", action="store_true", help="skip the consumer into PostgreSQL")
     p.add_argument("--profile", metavar="DIR", help="record a py-spy flame graph of each Python variant into DIR")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--drop", help=argparse.SUPPRESS)
@@ -584,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     profile_dir = Path(args.profile).resolve() if args.profile else None
     print(_machine(), flush=True)
     summaries: list[tuple[BenchDrop, dict[str, Result]]] = []
+    consume_ratio = ""
     for size in sizes:
         drop = ensure_drop(workdir, size, log=log)
         results = measure_size(
@@ -607,6 +633,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{drop.label} azurite-{encoding}: {result.messages / result.seconds:.0f} messages/s")
             delivered.append(result)
         print("\n" + report_azurite(drop, delivered), flush=True)
+        if not args.no_consume:
+            from devtools import bench_consume
+
+            consumed = run_variant(drop, "consume")
+            log(f"{drop.label} consume: {consumed.rows_per_s:,.0f} rows/s")
+            print("\n" + bench_consume.report(drop.label, drop.plaintext_bytes, consumed.extra), flush=True)
+            consume_ratio = f" consume_ratio_to_copy={consumed.extra['ratio']:.2f}"
     drop, results = summaries[-1]
     floor = results["floor"].mb_per_s
     packed = results[f"packed-{args.encoding}"]
@@ -618,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
             p=packed.mb_per_s / floor,
             m=max(decode.peak_rss_mib, packed.peak_rss_mib),
             n=drop.rows,
-        ),
+        )
+        + consume_ratio,
         flush=True,
     )
     return 0

@@ -186,3 +186,39 @@ def parse_unwrap_algorithms(text: str) -> tuple[str, ...]:
     if not algorithms:
         raise ConfigError("UNWRAP_ALGORITHMS must name at least one algorithm")
     return algorithms
+
+
+# --- Reference consumer (queue -> PostgreSQL); off unless CONSUMER_DATABASE_URL is set ---------------
+
+#: Scope of the Entra access token that Azure Database for PostgreSQL accepts as a password.
+POSTGRES_ENTRA_SCOPE: Final = "https://ossrdbms-aad.database.windows.net/.default"
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """Settings of the reference consumer (``consume_rows`` and ``viva-relay consume``)."""
+
+    database_url: str = ""
+    entra_auth: bool = False
+    queue: str = "viva-insights-rows"
+    batch_messages: int = 32
+    visibility_timeout_seconds: int = 300
+
+    @property
+    def enabled(self) -> bool:
+        """The consumer runs only when a database is configured."""
+        return bool(self.database_url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConsumerSettings:
+        """Read ``CONSUMER_*`` settings (the queue is ``DOWNSTREAM_QUEUE``); raise :class:`ConfigError`."""
+        e = os.environ if env is None else env
+        return cls(
+            database_url=e.get("CONSUMER_DATABASE_URL", "").strip(),
+            entra_auth=_bool("CONSUMER_DATABASE_ENTRA_AUTH", e.get("CONSUMER_DATABASE_ENTRA_AUTH", "false")),
+            queue=_name("DOWNSTREAM_QUEUE", e.get("DOWNSTREAM_QUEUE", cls.queue), _QUEUE_RE, "queue"),
+            batch_messages=min(32, _int("CONSUMER_BATCH_MESSAGES", e.get("CONSUMER_BATCH_MESSAGES", "32"), minimum=1)),
+            visibility_timeout_seconds=_int(
+                "CONSUMER_VISIBILITY_TIMEOUT_SECONDS", e.get("CONSUMER_VISIBILITY_TIMEOUT_SECONDS", "300"), minimum=1
+            ),
+        )

@@ -15,6 +15,7 @@ from azure.storage.queue import QueueClient
 
 from devtools.azurite import Azurite
 from devtools.keyvault_standin import KeyVaultStandIn
+from devtools.postgres import LocalPostgres
 from devtools.simulate import BlobWriter, DropVariant, SimulatedDrop, sample_layout_root, simulate_drop
 from devtools.testtoken import test_token_factory
 from devtools.tls import STARTED
@@ -166,3 +167,16 @@ def kv() -> Iterator[KeyVaultStandIn]:
 @pytest.fixture
 def blob_service(azurite: Azurite) -> BlobServiceClient:
     return BlobServiceClient.from_connection_string(azurite.connection_string)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One real PostgreSQL server (run as an unprivileged user, free loopback port) for the session."""
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def consumer_db(postgres: LocalPostgres) -> str:
+    """The connection string of a fresh, empty database on the session's server."""
+    return postgres.new_database(f"t_{uuid.uuid4().hex[:12]}")
