@@ -215,6 +215,17 @@ class RunLedger(TableStore):
         """The tenant's runs that have not ended (by the ledger's last knowledge)."""
         return [r for r in self.list_runs(tenant_id) if r.active]
 
+    def started_since(self, moment: datetime) -> list[RunRecord]:
+        """Every tenant's runs started at or after ``moment``, newest first: one query for the whole fleet."""
+        self.ensure()
+        entities = self.call(
+            "query", lambda: list(self.table.query_entities("StartedAt ge @since", parameters={"since": moment}))
+        )
+        records = [self._record(e) for e in entities]
+        epoch = datetime.min.replace(tzinfo=UTC)
+        records.sort(key=lambda r: (r.started_at or epoch, r.run_id), reverse=True)
+        return records
+
     def watched(self) -> list[RunRecord]:
         """Rows the follow timer still has work on (runs not ended, or succeeded with no drop yet)."""
         return self._query({"Watch": True})
