@@ -464,13 +464,13 @@ class TableDropLedger(TableStore, DropLedger):
         for entity in self.select_entities(equal):
             yield self._record(entity)
 
-    def seen_since_or_open(self, moment: datetime) -> list[DropRecord]:
+    def seen_since_or_open(self, moment: datetime) -> tuple[DropRecord, ...]:
         """Drops first seen at or after ``moment`` plus every waiting, in-progress or failed drop (one query)."""
         self.ensure()
         flt = "FirstSeen ge @since or State eq @w or State eq @p or State eq @f"
         params = {"since": moment, "w": WAITING, "p": IN_PROGRESS, "f": FAILED}
         entities = self.call("query", lambda: list(self.table.query_entities(flt, parameters=params)))
-        return [self._record(e) for e in entities]
+        return tuple(self._record(e) for e in entities)
 
     def _insert(self, record: DropRecord) -> DropRecord:
         record.etag = self.insert_entity(self._entity(record))
