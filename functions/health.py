@@ -22,8 +22,7 @@ def health_check(timer: func.TimerRequest) -> None:
     health = check_fleet(rt)
     result = announce(health.problems, announcement_store(rt), rt.settings.health_repeat_hours)
     log.info(
-        "health_check: %d tenant(s), %d open problem(s): %d announced, %d resolved, %d already announced"
-        " (past_due=%s)",
+        "health_check: %d tenant(s), %d open problem(s): %d announced, %d resolved, %d already announced (past_due=%s)",
         len(health.tenants),
         len(health.problems),
         len(result.announced),

@@ -263,9 +263,7 @@ def findings(
             if item.expires_on <= moment:
                 out.append((KEY_EXPIRED, f"expired on {item.expires_on.date().isoformat()}: rotate it"))
             elif left is not None and left < soon_days:
-                out.append(
-                    (KEY_EXPIRING, f"expires in {left} days ({item.expires_on.date().isoformat()}): rotate it")
-                )
+                out.append((KEY_EXPIRING, f"expires in {left} days ({item.expires_on.date().isoformat()}): rotate it"))
     if item.size and item.size != KEY_SIZE and (item.current or item.enabled):
         out.append((KEY_SIZE_WRONG, f"RSA-{item.size}, must be RSA-{KEY_SIZE}"))
     if item.key_type not in ("RSA", "RSA-HSM"):

@@ -58,9 +58,7 @@ def key_needs(drops: Iterable[DropRecord]) -> KeyNeeds:
 
 def retirable(keys: Iterable[KeyVersionInfo], needs: KeyNeeds) -> list[KeyVersionInfo]:
     """Older versions that are still enabled although no unsettled drop needs them."""
-    return [
-        k for k in keys if not k.current and k.enabled and not needs.drops_needing(k.tenant, k.version)
-    ]
+    return [k for k in keys if not k.current and k.enabled and not needs.drops_needing(k.tenant, k.version)]
 
 
 @dataclass(frozen=True)

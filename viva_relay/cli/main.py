@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from shared import __version__
 
-from . import common, consent, drop, drops, keys, runs, tenants
+from . import common, consent, drop, drops, keys, runs, status, tenants
 
-GROUPS = (drop, keys, consent, drops, runs, tenants)
+GROUPS = (drop, keys, consent, drops, runs, tenants, status)
 
 
 def build_parser() -> argparse.ArgumentParser:
