@@ -88,6 +88,16 @@ def write_key(folder: Path, tenant: str, key: rsa.RSAPrivateKey, created: dateti
     return version
 
 
+def set_key_expiry(folder: Path, tenant: str, version: str, expires: datetime | None) -> None:
+    """Change the expiry recorded for one key version (None: the version has no expiry)."""
+    path = folder / f"{tenant}.{version}.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc.pop("expires_on", None)
+    if expires is not None:
+        doc["expires_on"] = expires.isoformat()
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
 def register(registry: TenantRegistry, tenants: Sequence[Tenant], now: datetime) -> None:
     """Register the tenants (in parallel)."""
     parallel(lambda t: registry.add(t, now=now), tenants)
