@@ -163,11 +163,11 @@ def test_simulated_fleet_reports_every_injected_problem_on_its_day_and_nothing_e
 
     # The events are structured: the fields as extra attributes and as JSON in the message.
     events = [r for r in handler.records if r.getMessage().startswith(EVENT_PREFIX)]
-    problems_logged = [r for r in events if getattr(r, "health_event", "") == PROBLEM]
+    problems_logged = [r for r in events if r.__dict__.get("health_event") == PROBLEM]
     assert len(problems_logged) == sum(len(v) for v in announced.values())
     for record in events:
         fields = json.loads(record.getMessage()[len(EVENT_PREFIX) :])
-        assert fields["health_rule"] == record.health_rule
+        assert fields["health_rule"] == record.__dict__["health_rule"]
         assert {"health_tenant", "health_severity", "health_advice", "health_subject"} <= set(fields)
 
     FLEET_REPORTS.append(
