@@ -227,3 +227,16 @@ def test_key_vault_rotation_keeps_needed_versions_and_retire_disables_the_rest(v
     # A waiting drop without a version yet may need any version: nothing is retired automatically.
     unknown = key_needs([DropRecord(tenant, "d-new", {"State": "waiting"})])
     assert plan_retirement(tenant, vault.inventory(), unknown).retire == ()
+
+
+def test_demo_status_step_registers_the_tenant_and_shows_its_row(
+    relay: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devtools.demo_status import status_step
+
+    tenant = relay.new_tenant()
+    ingest(relay, tenant)
+    assert status_step({**os.environ, **relay.env}, tenant) == 0
+    out = capsys.readouterr().out
+    assert "$ viva-relay status" in out and tenant in out and "Demo customer" in out
+    assert "(exit 0: nothing needs action)" in out
