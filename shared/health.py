@@ -313,16 +313,16 @@ def rule_consent(snap: Snapshot, s: Settings) -> Iterator[Problem]:
         left = consent_days_left(t, snap.now.date())
         if not t.enabled or left is None:
             continue
-        advice = "ask the tenant's admin to approve the MGDC app again, then: viva-relay consent record"
+        advice = (
+            "send the tenant's admin the approval link (viva-relay consent-link); once approved, record the"
+            f" new date: viva-relay tenants add --tenant {t.tenant_id} --replace --consent-date YYYY-MM-DD ..."
+        )
         if left < 0:
             msg = f"consent given on {t.consent_date} expired {-left} day(s) ago: runs fail until it is renewed"
             yield Problem("consent_expired", ERROR, t.tenant_id, str(t.consent_date), msg, advice)
         elif left < s.consent_warn_days:
             msg = f"consent given on {t.consent_date} expires in {left} day(s) ({t.consent_expires()})"
             yield Problem("consent_expiring", WARNING, t.tenant_id, str(t.consent_date), msg, advice)
-
-
-_KEY_ADVICE = "viva-relay keys rotate --tenant TENANT (old versions stay enabled for drops in flight)"
 
 
 def rule_keys(snap: Snapshot, s: Settings) -> Iterator[Problem]:
@@ -340,7 +340,7 @@ def rule_keys(snap: Snapshot, s: Settings) -> Iterator[Problem]:
     for t in snap.tenants:
         if t.enabled and t.tenant_id not in with_key:
             msg = f"no key in {snap.key_store}: drops cannot be decrypted"
-            yield Problem("key_missing", ERROR, t.tenant_id, "", msg, "viva-relay keys create --tenant TENANT")
+            yield Problem("key_missing", ERROR, t.tenant_id, "", msg, f"viva-relay keys create --tenant {t.tenant_id}")
     registered = {t.tenant_id for t in snap.tenants}
     for k in snap.keys:
         if k.tenant not in registered:
@@ -348,7 +348,8 @@ def rule_keys(snap: Snapshot, s: Settings) -> Iterator[Problem]:
         same = owners[k.modulus] if k.modulus is not None else []
         for code, text in findings(k, same, s.key_warn_days, snap.now):
             severity = WARNING if code == KEY_EXPIRING else ERROR
-            yield Problem(code, severity, k.tenant, k.version, f"key version {k.version}: {text}", _KEY_ADVICE)
+            advice = f"viva-relay keys rotate --tenant {k.tenant} (old versions stay enabled for drops in flight)"
+            yield Problem(code, severity, k.tenant, k.version, f"key version {k.version}: {text}", advice)
 
 
 def rule_key_retirable(snap: Snapshot, s: Settings) -> Iterator[Problem]:
@@ -358,7 +359,7 @@ def rule_key_retirable(snap: Snapshot, s: Settings) -> Iterator[Problem]:
     needs = key_needs(d for drops in snap.drops.values() for d in drops)
     for k in retirable(snap.keys, needs):
         msg = f"older key version {k.version} is still enabled and no unsettled drop needs it"
-        yield Problem("key_retirable", INFO, k.tenant, k.version, msg, "viva-relay keys retire --tenant TENANT")
+        yield Problem("key_retirable", INFO, k.tenant, k.version, msg, f"viva-relay keys retire --tenant {k.tenant}")
 
 
 def _latest_run(snap: Snapshot, tenant: str) -> RunRecord | None:
@@ -385,13 +386,13 @@ def rule_runs(snap: Snapshot, s: Settings) -> Iterator[Problem]:
         if lag is not None and lag > s.run_late_hours:
             last = run.started_at.isoformat() if run and run.started_at else "never"
             msg = f"no pipeline run started in this week's window (last: {last})"
-            advice = "check the start_pipeline_runs timer; viva-relay runs start --tenant TENANT"
+            advice = f"check the start_pipeline_runs timer; viva-relay runs start --tenant {t.tenant_id}"
             yield Problem("run_missing", ERROR, t.tenant_id, last, msg, advice)
         if run is None:
             continue
         if run.status in _RUN_FAILURES:
             msg = f"pipeline run {run.run_id} {run.status}: {run.message or '(no message)'}"[:500]
-            advice = "see viva-relay runs show; fix the cause (often consent or the key), then runs start"
+            advice = f"viva-relay runs show {run.run_id}; fix the cause (often consent or the key), then runs start"
             yield Problem("run_failed", ERROR, t.tenant_id, run.run_id, msg, advice)
         elif run.status == "Succeeded" and run.run_id not in drop_runs and not run.props.get("DropId"):
             ended = run.run_end or run.started_at or snap.now
@@ -409,14 +410,16 @@ def rule_drops(snap: Snapshot, s: Settings) -> Iterator[Problem]:
             reason = str(d.props.get("Reason", "") or "")[:300]
             if d.state == FAILED:
                 msg = f"drop {d.drop_id} failed: {d.props.get('ReasonCode', '')} {reason}".strip()
-                advice = "fix the cause, then viva-relay drops reprocess DROP_ID"
+                advice = (
+                    f"viva-relay drops show {d.drop_id}; fix the cause, then viva-relay drops reprocess {d.drop_id}"
+                )
                 yield Problem("drop_failed", ERROR, tenant, d.drop_id, msg, advice)
             elif d.state == WAITING:
                 first = as_utc(d.props.get("FirstSeen"))
                 if first is not None and snap.now - first > limit:
                     hours = (snap.now - first).total_seconds() / 3600
                     msg = f"drop {d.drop_id} has been waiting {hours:.0f} h: {reason}"
-                    advice = "check that the drop's files are complete; viva-relay drops show DROP_ID"
+                    advice = f"check that the drop's files are complete: viva-relay drops show {d.drop_id}"
                     yield Problem("drop_waiting", WARNING, tenant, d.drop_id, msg, advice)
 
 
@@ -431,7 +434,7 @@ def rule_schema_drift(snap: Snapshot, s: Settings) -> Iterator[Problem]:
         d = _last_drop(snap, t.tenant_id)
         if d is not None and d.props.get("SchemaDrift") is True:
             msg = f"drop {d.drop_id} does not match the expected schema"
-            advice = "read the drop's SchemaReport (viva-relay drops show DROP_ID) and tell the consumers"
+            advice = f"read the drop's SchemaReport (viva-relay drops show {d.drop_id}) and tell the consumers"
             yield Problem("schema_drift", WARNING, t.tenant_id, d.drop_id, msg, advice)
 
 
