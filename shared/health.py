@@ -55,6 +55,20 @@ LOOKBACK: Final = timedelta(weeks=8)
 FLEET: Final = ""  # the "tenant" of fleet-wide problems
 
 _RUN_FAILURES: Final = ("Failed", "Cancelled", START_FAILED, LOST)
+#: The columns the rules and ``status`` read (a projection keeps the fleet-wide reads small).
+RUN_COLUMNS: Final = ("Status", "Message", "StartedAt", "RunEnd", "DropId", "NoDropAlert")
+DROP_COLUMNS: Final = (
+    "State",
+    "FirstSeen",
+    "DeliveredAt",
+    "FailedAt",
+    "RunId",
+    "Rows",
+    "PublicKeyVersion",
+    "Reason",
+    "ReasonCode",
+    "SchemaDrift",
+)
 
 
 @dataclass(frozen=True)
@@ -267,8 +281,8 @@ def collect(
     since = now - LOOKBACK
     with ThreadPoolExecutor(max_workers=4) as pool:
         tenants_f = pool.submit(lambda: list(tenant_registry(rt).list()))
-        runs_f = pool.submit(run_ledger(rt).started_since, since)
-        drops_f = pool.submit(rt.ledger.seen_since_or_open, since)
+        runs_f = pool.submit(run_ledger(rt).started_since, since, RUN_COLUMNS)
+        drops_f = pool.submit(rt.ledger.seen_since_or_open, since, DROP_COLUMNS)
         queue_f = pool.submit(read_queue_state, rt)
         keys_list: list[KeyVersionInfo] | None
         try:

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -215,11 +215,16 @@ class RunLedger(TableStore):
         """The tenant's runs that have not ended (by the ledger's last knowledge)."""
         return [r for r in self.list_runs(tenant_id) if r.active]
 
-    def started_since(self, moment: datetime) -> list[RunRecord]:
-        """Every tenant's runs started at or after ``moment``, newest first: one query for the whole fleet."""
+    def started_since(self, moment: datetime, columns: Sequence[str] = ()) -> list[RunRecord]:
+        """Every tenant's runs started at or after ``moment``, newest first: one query for the whole fleet.
+
+        ``columns`` limits the columns read (all when empty); the keys are always read.
+        """
         self.ensure()
+        select = ["PartitionKey", "RowKey", *columns] if columns else None
+        query = "StartedAt ge @since"
         entities = self.call(
-            "query", lambda: list(self.table.query_entities("StartedAt ge @since", parameters={"since": moment}))
+            "query", lambda: list(self.table.query_entities(query, parameters={"since": moment}, select=select))
         )
         records = [self._record(e) for e in entities]
         epoch = datetime.min.replace(tzinfo=UTC)
