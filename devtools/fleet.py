@@ -264,6 +264,12 @@ def _measure(count: int, runs: int) -> int:
             wall = time.perf_counter() - began
             lines = done.stdout.splitlines()
             print(f"run {i + 1}: viva-relay status on {count} tenants: {wall:.2f} s (exit {done.returncode})")
+        from shared.health import check_fleet
+
+        began = time.perf_counter()
+        health = check_fleet(rt)
+        took = time.perf_counter() - began
+        print(f"in-process check of {len(health.tenants)} tenants: {took:.2f} s (no interpreter start)")
         print("\n".join(lines[:8]))
     return 0
 
