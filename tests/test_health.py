@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.azurite import Azurite
 from devtools.clock import ManualClock
 from devtools.fleet import drop_row, weekly_round, write_rows
 from devtools.keyvault_standin import KeyVaultStandIn
 from shared.alerts import announce, announcement_store
+from shared.config import Settings
 from shared.health import collect, evaluate
 from shared.ingest import ingest_metadata_blob
 from shared.keyfolder import KeyFolder, KeyFolderUnwrapper, key_version
@@ -24,8 +26,9 @@ from shared.keyrotation import RetireRefused, key_needs, plan_retirement, retire
 from shared.keyvault_admin import VaultKeys
 from shared.ledger import DropRecord
 from shared.location import location_from_blob
+from shared.runtime import Runtime
 from shared.tenants import Tenant, TenantRegistry
-from tests.conftest import Relay
+from tests.conftest import Relay, make_relay
 
 FAST_RETRY = {"retry_total": 1, "retry_backoff_factor": 0.01}
 
@@ -240,3 +243,26 @@ def test_demo_status_step_registers_the_tenant_and_shows_its_row(
     out = capsys.readouterr().out
     assert "$ viva-relay status" in out and tenant in out and "Demo customer" in out
     assert "(exit 0: nothing needs action)" in out
+
+
+def test_health_reads_the_keys_from_key_vault_when_it_is_the_key_source(
+    azurite: Azurite, tmp_path: Path, kv: KeyVaultStandIn, vault: VaultKeys
+) -> None:
+    relay = make_relay(azurite, tmp_path, KEY_SOURCE="keyvault", KEY_VAULT_URL=kv.url)
+    rt = Runtime(
+        Settings.from_env(relay.env), credential=kv.credential, keyvault_kwargs=kv.client_kwargs() | FAST_RETRY
+    )
+    soon, fine, keyless = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    for tenant in (soon, fine, keyless):
+        register(relay, tenant, "Vaulted")
+    expiring = vault.create_key(soon, expires_in_days=10)
+    current = vault.create_key(fine).version
+    weekly_round(rt, [soon, fine, keyless], {}, datetime.now(UTC) - timedelta(hours=1))
+
+    health = evaluate(collect(rt), rt.settings)
+    rows = {t.tenant.tenant_id: t for t in health.tenants}
+    assert (rows[soon].key_version, rows[soon].key_days_left) == (expiring.version, 10)
+    assert (rows[fine].key_version, rows[fine].key_days_left) == (current, 365)
+    found = {(p.tenant, p.rule, p.subject) for p in health.problems}
+    assert found == {(soon, "key_expiring", expiring.version), (keyless, "key_missing", "")}
+    assert health.key_store == f"Key Vault {kv.url}"
