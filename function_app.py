@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import cleanup, consume, ingest, recheck, schedule
+from functions import cleanup, consume, health, ingest, recheck, schedule
 
-BLUEPRINTS = (ingest.bp, recheck.bp, schedule.bp, cleanup.bp)
+BLUEPRINTS = (ingest.bp, recheck.bp, schedule.bp, cleanup.bp, health.bp)
 
 
 def create_app() -> func.FunctionApp:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from .encodings import ENCODINGS
 from .errors import ConfigError
@@ -86,6 +86,15 @@ class Settings:
     data_factory_pipeline: str = "ExportO365DataEvents"
     data_factory_base_url: str = ""
     run_no_drop_alert_hours: int = 24
+    # Fleet health (shared/health.py): thresholds of the rules and the alerts' repeat window.
+    consent_warn_days: int = 30
+    key_warn_days: int = 30
+    run_late_hours: int = 24
+    drop_waiting_alert_hours: int = 12
+    queue_backlog_alert_messages: int = 50000
+    queue_age_alert_hours: int = 24
+    health_repeat_hours: int = 72
+    health_table: str = "VivaRelayHealth"
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def require_key_vault(self) -> str:
@@ -162,6 +171,7 @@ class Settings:
             data_factory_pipeline=get("DATA_FACTORY_PIPELINE", d.data_factory_pipeline).strip(),
             data_factory_base_url=get("DATA_FACTORY_BASE_URL", "").strip(),
             run_no_drop_alert_hours=_int("RUN_NO_DROP_ALERT_HOURS", get("RUN_NO_DROP_ALERT_HOURS", "24"), minimum=1),
+            **_health_settings(get, d),
             env=dict(e),
         )
 
@@ -222,3 +232,22 @@ class ConsumerSettings:
                 "CONSUMER_VISIBILITY_TIMEOUT_SECONDS", e.get("CONSUMER_VISIBILITY_TIMEOUT_SECONDS", "300"), minimum=1
             ),
         )
+
+
+# -- fleet health ------------------------------------------------------------------------------
+def _health_settings(get: Callable[[str, str], str], d: Settings) -> dict[str, Any]:
+    """The thresholds of the health rules (``viva-relay status`` and the ``health_check`` timer)."""
+
+    def whole(name: str, default: int, minimum: int) -> int:
+        return _int(name, get(name, str(default)), minimum=minimum)
+
+    return {
+        "consent_warn_days": whole("CONSENT_WARN_DAYS", d.consent_warn_days, 0),
+        "key_warn_days": whole("KEY_WARN_DAYS", d.key_warn_days, 0),
+        "run_late_hours": whole("RUN_LATE_HOURS", d.run_late_hours, 1),
+        "drop_waiting_alert_hours": whole("DROP_WAITING_ALERT_HOURS", d.drop_waiting_alert_hours, 1),
+        "queue_backlog_alert_messages": whole("QUEUE_BACKLOG_ALERT_MESSAGES", d.queue_backlog_alert_messages, 1),
+        "queue_age_alert_hours": whole("QUEUE_AGE_ALERT_HOURS", d.queue_age_alert_hours, 1),
+        "health_repeat_hours": whole("HEALTH_REPEAT_HOURS", d.health_repeat_hours, 1),
+        "health_table": _name("HEALTH_TABLE", get("HEALTH_TABLE", d.health_table), _TABLE_RE, "table"),
+    }

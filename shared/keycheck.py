@@ -234,33 +234,48 @@ def assess(
             owners[item.modulus].append(item)
     out: list[KeyVersionInfo] = []
     for item in items:
-        problems: list[str] = []
-        if item.current:
-            if not item.enabled:
-                problems.append("current version is disabled")
-            if item.expires_on is None:
-                problems.append("no expiry date (the MGDC pipeline rejects keys without one)")
-            else:
-                left = item.days_left(moment)
-                if item.expires_on <= moment:
-                    problems.append(f"expired on {item.expires_on.date().isoformat()}: rotate it")
-                elif left is not None and left < soon_days:
-                    problems.append(f"expires in {left} days ({item.expires_on.date().isoformat()}): rotate it")
-        if item.size and item.size != KEY_SIZE and (item.current or item.enabled):
-            problems.append(f"RSA-{item.size}, must be RSA-{KEY_SIZE}")
-        if item.key_type not in ("RSA", "RSA-HSM"):
-            if item.current or item.enabled:
-                problems.append(f"a {item.key_type} key, must be RSA-{KEY_SIZE}")
-        elif item.current and item.modulus is None:
-            problems.append("the public key could not be read")
-        if item.modulus is not None:
-            others = [o for o in owners[item.modulus] if o.tenant != item.tenant]
-            if others:
-                named = ", ".join(sorted({f"{o.tenant} ({o.version})" for o in others}))
-                problems.append(f"same key as tenant {named}: one key must never serve two tenants")
-        out.append(replace(item, problems=tuple(problems)))
+        found = findings(item, owners[item.modulus] if item.modulus is not None else [], soon_days, moment)
+        out.append(replace(item, problems=tuple(text for _, text in found)))
     out.sort(key=lambda k: (k.tenant, not k.current, -(k.created_on or moment).timestamp()))
     return KeyReport(keys=tuple(out), checked_at=moment, soon_days=soon_days, store=store, ignored=tuple(ignored))
+
+
+#: The codes of :func:`findings` (the health rules name their problems by them).
+KEY_DISABLED, KEY_NO_EXPIRY, KEY_EXPIRED, KEY_EXPIRING = "key_disabled", "key_no_expiry", "key_expired", "key_expiring"
+KEY_SIZE_WRONG, KEY_UNREADABLE, KEY_SHARED = "key_size", "key_unreadable", "key_shared"
+
+
+def findings(
+    item: KeyVersionInfo, same_modulus: Iterable[KeyVersionInfo], soon_days: int, moment: datetime
+) -> list[tuple[str, str]]:
+    """What is wrong with one key version, as (code, text) pairs: the rules of :func:`assess`.
+
+    ``same_modulus`` are the versions (of any tenant) that have this version's modulus.
+    """
+    out: list[tuple[str, str]] = []
+    if item.current:
+        if not item.enabled:
+            out.append((KEY_DISABLED, "current version is disabled"))
+        if item.expires_on is None:
+            out.append((KEY_NO_EXPIRY, "no expiry date (the MGDC pipeline rejects keys without one)"))
+        else:
+            left = item.days_left(moment)
+            if item.expires_on <= moment:
+                out.append((KEY_EXPIRED, f"expired on {item.expires_on.date().isoformat()}: rotate it"))
+            elif left is not None and left < soon_days:
+                out.append((KEY_EXPIRING, f"expires in {left} days ({item.expires_on.date().isoformat()}): rotate it"))
+    if item.size and item.size != KEY_SIZE and (item.current or item.enabled):
+        out.append((KEY_SIZE_WRONG, f"RSA-{item.size}, must be RSA-{KEY_SIZE}"))
+    if item.key_type not in ("RSA", "RSA-HSM"):
+        if item.current or item.enabled:
+            out.append((KEY_SIZE_WRONG, f"a {item.key_type} key, must be RSA-{KEY_SIZE}"))
+    elif item.current and item.modulus is None:
+        out.append((KEY_UNREADABLE, "the public key could not be read"))
+    others = [o for o in same_modulus if o.tenant != item.tenant]
+    if others:
+        named = ", ".join(sorted({f"{o.tenant} ({o.version})" for o in others}))
+        out.append((KEY_SHARED, f"same key as tenant {named}: one key must never serve two tenants"))
+    return out
 
 
 def duplicate_owner(modulus: int, tenant: str, keys: Iterable[KeyVersionInfo]) -> KeyVersionInfo | None:
@@ -313,6 +328,12 @@ class TenantKeyStore(Protocol):
 
     def export_public(self, tenant_id: str) -> tuple[str, dict[str, Any]]:
         """The tenant's current public key as (PEM, JWK)."""
+
+    def inventory(self) -> list[KeyVersionInfo]:
+        """Every version of every tenant key (public facts only)."""
+
+    def set_enabled(self, tenant_id: str, version: str, enabled: bool) -> None:
+        """Enable or disable one version of the tenant's key."""
 
 
 def read_pem_file(path: str | Path) -> bytes:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -89,6 +90,7 @@ class KeyFolder:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.path = Path(folder)
         self._loaded: dict[Path, tuple[tuple[int, int], rsa.RSAPrivateKey]] = {}
+        self._public: dict[Path, tuple[tuple[int, int], rsa.RSAPublicKey]] = {}
 
     def current_path(self, tenant_id: str) -> Path:
         """Path of the tenant's current key."""
@@ -109,13 +111,35 @@ class KeyFolder:
         self._loaded[path] = (stamp, key)
         return key
 
+    def load_public(self, path: Path) -> rsa.RSAPublicKey:
+        """The public half of one PEM private key, for inventories (``keys check``, ``status``).
+
+        The prime checks of :meth:`load` protect decryption; listing moduli and sizes needs none
+        of them, and skipping them makes an inventory of hundreds of tenants take milliseconds.
+        """
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._public.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        data = path.read_bytes()
+        try:
+            key = serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            key = self.load(path)  # the full load gives the clear error
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise VivaRelayError(f"{path} is not an RSA private key")
+        public = key.public_key()
+        self._public[path] = (stamp, public)
+        return public
+
     def versions(self, tenant_id: str) -> dict[str, Path]:
         """Every key of the tenant by version, the current one first."""
         tenant = _check_tenant(tenant_id)
         out: dict[str, Path] = {}
         current = self.path / f"{tenant}.pem"
         if current.is_file():
-            out[key_version(self.load(current).public_key())] = current
+            out[key_version(self.load_public(current))] = current
         for p in sorted(self.path.glob(f"{tenant}.*.pem")):
             out.setdefault(p.name[len(tenant) + 1 : -len(".pem")], p)
         return out
@@ -184,7 +208,7 @@ class KeyFolder:
                 fh.write(pem)
             self._write_dates(tenant, version, expires_on, origin)
             if current.exists():
-                old_version = key_version(self.load(current).public_key())
+                old_version = key_version(self.load_public(current))
                 current.rename(self.path / f"{tenant}.{old_version}.pem")
             os.replace(staging, current)
         finally:
@@ -205,19 +229,31 @@ class KeyFolder:
         }
         self._dates_path(tenant, version).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
+    def _read_doc(self, tenant: str, version: str) -> dict[str, Any]:
+        try:
+            doc: Any = json.loads(self._dates_path(tenant, version).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
     def _read_dates(self, tenant: str, version: str, pem_path: Path) -> tuple[datetime | None, datetime | None]:
         """(created, expires) of a version; keys made before expiry was recorded have no expiry."""
         created: datetime | None = datetime.fromtimestamp(pem_path.stat().st_mtime, UTC).replace(microsecond=0)
-        expires: datetime | None = None
-        path = self._dates_path(tenant, version)
-        try:
-            doc: Any = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return created, None
-        if isinstance(doc, dict):
-            created = _parse_time(doc.get("created_on")) or created
-            expires = _parse_time(doc.get("expires_on"))
-        return created, expires
+        doc = self._read_doc(tenant, version)
+        return _parse_time(doc.get("created_on")) or created, _parse_time(doc.get("expires_on"))
+
+    def is_enabled(self, tenant_id: str, version: str) -> bool:
+        """False once ``keys retire`` disabled the version (recorded in its JSON file)."""
+        return self._read_doc(_check_tenant(tenant_id), version).get("enabled", True) is not False
+
+    def set_enabled(self, tenant_id: str, version: str, enabled: bool) -> None:
+        """Enable or disable one older version (the PEM file is kept: nothing is deleted)."""
+        tenant = _check_tenant(tenant_id)
+        if version not in self.versions(tenant):
+            raise KeyNotFound(f"tenant {tenant} has no key version {version} in {self.path}")
+        doc = self._read_doc(tenant, version) or {"tenant": tenant, "version": version}
+        doc["enabled"] = enabled
+        self._dates_path(tenant, version).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
     def all_tenants(self) -> list[str]:
         """Tenant ids with any key file, current or older version."""
@@ -228,21 +264,30 @@ class KeyFolder:
                 found.add(head.lower())
         return sorted(found)
 
+    def _pem_files(self) -> dict[str, list[tuple[Path, bool]]]:
+        """Tenant -> its PEM files (the current one first, then older versions), from one listing.
+
+        One directory listing instead of a glob per tenant keeps an inventory of hundreds of tenants fast.
+        """
+        found: dict[str, list[tuple[Path, bool]]] = {}
+        for name in sorted(p.name for p in self.path.iterdir() if p.name.endswith(".pem")):
+            head, _, rest = name.partition(".")
+            if is_guid(head) and rest:
+                found.setdefault(head.lower(), []).append((self.path / name, rest == "pem"))
+        return {t: sorted(files, key=lambda f: not f[1]) for t, files in sorted(found.items())}
+
     def inventory(self) -> list[KeyVersionInfo]:
         """Every version of every tenant's key (public facts only; problems not yet assessed)."""
         out: list[KeyVersionInfo] = []
         if not self.path.is_dir():
             return out
-        for tenant in self.all_tenants():
-            current = self.path / f"{tenant}.pem"
-            paths: list[tuple[Path, bool]] = [(current, True)] if current.is_file() else []
-            paths += [(p, False) for p in sorted(self.path.glob(f"{tenant}.*.pem"))]
+        for tenant, paths in self._pem_files().items():
             for path, is_current in paths:
                 version = path.name[len(tenant) + 1 : -len(".pem")]
                 modulus: int | None = None
                 size = 0
                 try:
-                    public = self.load(path).public_key()
+                    public = self.load_public(path)
                 except (OSError, ValueError, TypeError, VivaRelayError):
                     public = None
                 if public is not None:
@@ -259,6 +304,7 @@ class KeyFolder:
                         modulus=modulus,
                         created_on=created,
                         expires_on=expires,
+                        enabled=self.is_enabled(tenant, version),
                     )
                 )
         return out
@@ -298,7 +344,9 @@ class KeyFolderUnwrapper(KeyUnwrapper):
             raise KeyNotFound(f"no key for tenant {tenant_id} in the key folder {self.folder.path}")
         # The named version first; then every other version of this tenant's key (never another
         # tenant's), because PublicKeyVersion may name a version this folder calls differently.
-        ordered = sorted(versions.items(), key=lambda kv: kv[0] != version)
+        # A version ``keys retire`` disabled is never used, as Key Vault refuses a disabled version.
+        enabled = {v: p for v, p in versions.items() if self.folder.is_enabled(tenant_id, v)}
+        ordered = sorted(enabled.items(), key=lambda kv: kv[0] != version)
         return [(v, self.folder.load(p)) for v, p in ordered]
 
     def rsa_decrypt(self, tenant_id: str, key_version: str, algorithm: str, wrapped: bytes) -> bytes | None:

@@ -293,6 +293,12 @@ class VaultKeys:
         keys = self.inventory()
         return assess(keys, store=self.describe(), soon_days=soon_days, now=now, ignored=self.ignored)
 
+    def set_enabled(self, tenant_id: str, version: str, enabled: bool) -> None:
+        """Enable or disable one version of the tenant's key (``keys retire``; nothing is deleted)."""
+        tenant = tenant_key_name(tenant_id)
+        with vault_errors(self.vault_url, f"update key {tenant} version {version}", _OFFICER):
+            self.client.update_key_properties(tenant, version, enabled=enabled)
+
     def public_key(self, tenant_id: str) -> tuple[rsa.RSAPublicKey, str]:
         """The tenant's current public key and its version."""
         tenant = tenant_key_name(tenant_id)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -470,6 +470,18 @@ class TableDropLedger(TableStore, DropLedger):
     def of_run(self, run_id: str) -> tuple[DropRecord, ...]:
         """The drops a pipeline run produced (their ``RunId`` column, set from the drop's folder)."""
         return tuple(self._record(entity) for entity in self.select_entities({"RunId": run_id}))
+
+    def seen_since_or_open(self, moment: datetime, columns: Sequence[str] = ()) -> tuple[DropRecord, ...]:
+        """Drops first seen at or after ``moment`` plus every waiting, in-progress or failed drop (one query).
+
+        ``columns`` limits the columns read (all when empty); the keys are always read.
+        """
+        self.ensure()
+        flt = "FirstSeen ge @since or State eq @w or State eq @p or State eq @f"
+        params = {"since": moment, "w": WAITING, "p": IN_PROGRESS, "f": FAILED}
+        select = ["PartitionKey", "RowKey", *columns] if columns else None
+        entities = self.call("query", lambda: list(self.table.query_entities(flt, parameters=params, select=select)))
+        return tuple(self._record(e) for e in entities)
 
     def _insert(self, record: DropRecord) -> DropRecord:
         record.etag = self.insert_entity(self._entity(record))

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -214,6 +214,22 @@ class RunLedger(TableStore):
     def active(self, tenant_id: str) -> list[RunRecord]:
         """The tenant's runs that have not ended (by the ledger's last knowledge)."""
         return [r for r in self.list_runs(tenant_id) if r.active]
+
+    def started_since(self, moment: datetime, columns: Sequence[str] = ()) -> list[RunRecord]:
+        """Every tenant's runs started at or after ``moment``, newest first: one query for the whole fleet.
+
+        ``columns`` limits the columns read (all when empty); the keys are always read.
+        """
+        self.ensure()
+        select = ["PartitionKey", "RowKey", *columns] if columns else None
+        query = "StartedAt ge @since"
+        entities = self.call(
+            "query", lambda: list(self.table.query_entities(query, parameters={"since": moment}, select=select))
+        )
+        records = [self._record(e) for e in entities]
+        epoch = datetime.min.replace(tzinfo=UTC)
+        records.sort(key=lambda r: (r.started_at or epoch, r.run_id), reverse=True)
+        return records
 
     def watched(self) -> list[RunRecord]:
         """Rows the follow timer still has work on (runs not ended, or succeeded with no drop yet)."""

@@ -32,6 +32,8 @@ os.environ["VIVA_RELAY_SETTINGS"] = "none"
 
 #: Lines the fault-injection tests report (rows expected, after de-duplication, duplicates, lost).
 FAULT_REPORTS: list[str] = []
+#: Lines the simulated-fleet health test reports (injected, reported, false alarms, missed).
+FLEET_REPORTS: list[str] = []
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -39,6 +41,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if FAULT_REPORTS:
         terminalreporter.section("fault injection")
         for line in FAULT_REPORTS:
+            terminalreporter.write_line(line)
+    if FLEET_REPORTS:
+        terminalreporter.section("fleet health")
+        for line in FLEET_REPORTS:
             terminalreporter.write_line(line)
 
 

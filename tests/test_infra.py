@@ -103,6 +103,15 @@ CODE_SETTINGS = {
     "PIPELINE_SCHEDULE": "0 0 6 * * Mon",
     "RUN_POLL_SCHEDULE": "0 */10 * * * *",
     "CLEANUP_SCHEDULE": "0 30 2 * * *",
+    "CONSENT_WARN_DAYS": "30",
+    "KEY_WARN_DAYS": "30",
+    "RUN_LATE_HOURS": "24",
+    "DROP_WAITING_ALERT_HOURS": "12",
+    "QUEUE_BACKLOG_ALERT_MESSAGES": "50000",
+    "QUEUE_AGE_ALERT_HOURS": "24",
+    "HEALTH_REPEAT_HOURS": "72",
+    "HEALTH_TABLE": "VivaRelayHealth",
+    "HEALTH_SCHEDULE": "0 0 7 * * *",
 }
 CONNECTION_FORMS = {
     "AzureWebJobsStorage": ("__blobServiceUri", "__queueServiceUri", "__tableServiceUri"),
@@ -992,7 +1001,7 @@ def test_storage_holds_what_the_app_uses(main: dict[str, Any]) -> None:
     queue = ev.value(settings["DOWNSTREAM_QUEUE"])
     for q in (queue, f"{queue}-poison"):
         assert ("microsoft.storage/storageaccounts/queueservices/queues", (app, "default", q)) in keys, q
-    for t in ("LEDGER_TABLE", "TENANT_TABLE", "RUN_TABLE"):
+    for t in ("LEDGER_TABLE", "TENANT_TABLE", "RUN_TABLE", "HEALTH_TABLE"):
         table = ev.value(settings[t])
         assert ("microsoft.storage/storageaccounts/tableservices/tables", (app, "default", table)) in keys, t
 

@@ -17,6 +17,7 @@ from shared.keycheck import (
     PassphraseNeeded,
     read_pem_file,
 )
+from shared.keyrotation import KeyNeeds, key_needs, plan_retirement, retire
 
 from . import common
 from .drop import _tenant
@@ -57,7 +58,7 @@ def register(sub: Any) -> None:
     """Add the ``keys`` command group."""
     parser: argparse.ArgumentParser = sub.add_parser(
         "keys",
-        help="per-tenant RSA keys: create, import, check, export-public",
+        help="per-tenant RSA keys: create, import, check, rotate, retire, export-public",
         description="Each customer tenant needs its own RSA-2048 key, named by the tenant id, with an expiry "
         "date, never shared with another tenant. These commands work on Key Vault (--vault-url, or "
         "KEY_VAULT_URL) or on a local key folder (--key-folder, or KEY_FOLDER with KEY_SOURCE=folder).",
@@ -117,6 +118,33 @@ def register(sub: Any) -> None:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     add_key_source_options(check)
     check.set_defaults(handler=check_command)
+
+    rotate = cmds.add_parser(
+        "rotate",
+        help="give a tenant a new key version; older versions stay enabled for drops in flight",
+        description="Create a new RSA-2048 version of the tenant's key (it becomes the current one). Older versions "
+        "stay enabled: a drop encrypted with one of them (its PublicKeyVersion) must still decrypt. Retire them "
+        "with `keys retire` once no unsettled drop needs them (the status command points them out).",
+    )
+    rotate.add_argument("--tenant", required=True, type=_tenant, help="customer tenant id (the key's name)")
+    _add_expiry(rotate)
+    add_key_source_options(rotate)
+    rotate.set_defaults(handler=rotate_command)
+
+    retire_cmd = cmds.add_parser(
+        "retire",
+        help="disable older key versions no unsettled drop needs",
+        description="Disable the tenant's older key versions that no waiting, in-progress or failed drop names "
+        "(PublicKeyVersion); the key files and Key Vault versions are kept, only disabled. With --version, "
+        "exactly those versions; one a drop still needs is refused unless --force. The current version is "
+        "never retired.",
+    )
+    retire_cmd.add_argument("--tenant", required=True, type=_tenant, help="customer tenant id (the key's name)")
+    retire_cmd.add_argument("--version", action="append", default=[], metavar="VERSION", help="a version to retire")
+    retire_cmd.add_argument("--force", action="store_true", help="retire a --version even if a drop needs it")
+    retire_cmd.add_argument("--dry-run", action="store_true", help="only show what would be retired")
+    add_key_source_options(retire_cmd)
+    retire_cmd.set_defaults(handler=retire_command)
 
     export = cmds.add_parser(
         "export-public",
@@ -223,4 +251,34 @@ def export_command(args: argparse.Namespace) -> int:
         sys.stdout.write(pem)
     if args.format in ("both", "jwk"):
         print(json.dumps(jwk, indent=2))
+    return common.EXIT_OK
+
+
+def _needs(args: argparse.Namespace, tenant: str) -> KeyNeeds:
+    """Which key versions the tenant's unsettled drops name (from the drop ledger)."""
+    rt = common.runtime_from(args)
+    return key_needs(rt.ledger.list(tenant=tenant))
+
+
+def rotate_command(args: argparse.Namespace) -> int:
+    """Create a new current version; report the older versions kept and why."""
+    source = key_source(args)
+    with source.store() as store:
+        created = store.create_key(args.tenant, expires_in_days=args.expires_in, rotate=True)
+        older = [k for k in store.inventory() if k.tenant == created.tenant and not k.current and k.enabled]
+    needs = _needs(args, created.tenant)
+    kept = {k.version: needs.drops_needing(k.tenant, k.version) for k in older}
+    print(json.dumps({**created.as_dict(), "store": store.describe(), "kept_enabled": kept}, indent=2))
+    return common.EXIT_OK
+
+
+def retire_command(args: argparse.Namespace) -> int:
+    """Disable older versions no unsettled drop needs (or the named ones)."""
+    source = key_source(args)
+    needs = _needs(args, args.tenant)
+    with source.store() as store:
+        plan = plan_retirement(args.tenant, store.inventory(), needs, versions=args.version, force=args.force)
+        if not args.dry_run:
+            retire(store, plan)
+    print(json.dumps({**plan.as_dict(), "dry_run": bool(args.dry_run), "store": store.describe()}, indent=2))
     return common.EXIT_OK

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from shared import __version__
 from shared.runtime import TEST_TOKEN_SETTING
 
-from . import common, consent, consume, drop, drops, keys, runs, tenants
+from . import common, consent, consume, drop, drops, keys, runs, status, tenants
 
-GROUPS = (drop, keys, consent, drops, runs, tenants, consume)
+GROUPS = (drop, keys, consent, drops, runs, tenants, status, consume)
 
 
 def build_parser() -> argparse.ArgumentParser:
