@@ -30,6 +30,8 @@ from .ledger import TableDropLedger
 if TYPE_CHECKING:
     from azure.mgmt.datafactory import DataFactoryManagementClient
 
+    from .transforms import Pseudonymiser
+
 
 #: Test-only setting: when set, :func:`default_credential` hands out this fixed bearer token instead of
 #: signing in, so the CLI can reach the local HTTPS stand-ins in devtools/ from a subprocess.
@@ -201,6 +203,23 @@ class Runtime:
 
         options = keyvault_client_options(s.env, s.key_vault_url) | self.keyvault_kwargs
         return KeyVaultUnwrapper(s.require_key_vault(), self.credential, s.unwrap_algorithms, **options)
+
+    def pseudonymiser(self, version: str = "") -> Pseudonymiser:
+        """The pseudonymiser of the partner secret (its current version, or ``version``), cached."""
+        from .partner_secret import load_pseudonymiser
+
+        with self._lock:
+            cache: dict[str, Pseudonymiser] = self.__dict__.setdefault("_pseudonymisers", {})
+            if version in cache:
+                return cache[version]
+        s = self.settings
+        folder = s.key_source == "folder"
+        options = {} if folder else keyvault_client_options(s.env, s.key_vault_url) | self.keyvault_kwargs
+        credential = None if folder else self.credential
+        found = load_pseudonymiser(s, credential, version=version, options=options)
+        with self._lock:
+            cache[version] = cache[found.version] = found
+        return found
 
     def datafactory(self, subscription_id: str) -> DataFactoryManagementClient:
         """A Data Factory (ARM) client for ``subscription_id``, built once per subscription.
