@@ -265,7 +265,7 @@ def test_directory_rows_are_checked_against_the_user_contract() -> None:
 
 
 def test_an_unknown_table_gets_what_was_seen_without_expectations() -> None:
-    rows = [{"a": 1, "b": None, "c": "x"}, {"a": 2.5, "b": None, "c": "y"}]
+    rows: list[dict[str, Any]] = [{"a": 1, "b": None, "c": "x"}, {"a": 2.5, "b": None, "c": "y"}]
     report, findings = check(rows, metadata("VivaInsightsDataset_SomethingNew_v3"))
     assert findings == [] and report["drift"] is False and report["contract"] is None
     assert report["columns_seen"] == [
@@ -282,7 +282,8 @@ def test_columns_requested_with_commas_in_names() -> None:
     assert matched == ["PersonId", "MetricDate", "Small-group meeting, call, and chat hours", "Meeting hours"]
     assert unmatched == ["Focus time"]
     # Matching also forgives the commas the schema leaves out.
-    matched, unmatched = match_requested(["Small-group meeting", "call", "and chat hours"], ["Small-group meeting call and chat hours"])
+    schema_name = "Small-group meeting call and chat hours"
+    matched, unmatched = match_requested(["Small-group meeting", "call", "and chat hours"], [schema_name])
     assert matched == ["Small-group meeting call and chat hours"] and unmatched == []
 
 
@@ -300,8 +301,9 @@ def test_a_huge_report_stays_under_the_table_property_limit() -> None:
     report, _ = check(rows, metadata("Unknown_v1"))
     assert len(report_json(report)) <= REPORT_CHAR_LIMIT
     assert report["truncated"] is True and report["columns_seen_total"] == 3000 and report["rows"] == 2
-    rows = [{**r, **{f"extra {i} column of some length": 1 for i in range(3000)}} for r in clean_rows()]
-    report, findings = check(rows)
+    extra: dict[str, Any] = {f"extra {i} column of some length": 1 for i in range(3000)}
+    rows = [{**r, **extra} for r in clean_rows()]
+    report, _ = check(rows)
     assert len(report_json(report)) <= REPORT_CHAR_LIMIT and report["drift"] is True
 
 

@@ -261,7 +261,8 @@ def test_pseudonym_secret_from_key_vault_with_its_version_recorded(
     assert ingest(relay, path, rt).status == "delivered", record_of(relay, tenant).props.get("Reason")
     assert json.loads(record_of(relay, tenant).props["RowSettings"])["secret_version"] == version
     rows = rows_of(relay.messages())
-    assert {r["PersonId"] for r in rows} == {Pseudonymiser(SECRET.encode(), "")(json.loads(next(generate_rows(1)))["PersonId"])}
+    person = json.loads(next(generate_rows(1)))["PersonId"]
+    assert {r["PersonId"] for r in rows} == {Pseudonymiser(SECRET.encode(), "")(person)}
     # Rotation: a new version is used by new drops; the recorded one stays readable for resumes.
     newer = kv.set_secret("viva-relay-pseudonym", SECRET + " rotated")
     assert rt.pseudonymiser(version).version == version
@@ -311,4 +312,5 @@ def test_drops_list_flags_drift_and_show_prints_the_report(
     assert main(["drops", "show", drop_id]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["SchemaDrift"] is True and shown["SchemaReport"]["rows"] == 12
-    assert {"check": "renamed", "expected": "ObjectId", "seen": "PersonId", "rows": 12} in shown["SchemaReport"]["findings"]
+    renamed = {"check": "renamed", "expected": "ObjectId", "seen": "PersonId", "rows": 12}
+    assert renamed in shown["SchemaReport"]["findings"]
