@@ -89,7 +89,7 @@ class Settings:
     # Data contract and row transforms (docs/contract.md); read by _contract_settings below.
     schema_check: bool = True
     schema_policy: str = "report"
-    schema_check_every: int = 64
+    schema_check_every: int = 256
     typed_rows: bool = False
     row_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     pseudonymise: bool = False
@@ -221,7 +221,7 @@ def _contract_settings(e: Mapping[str, str]) -> dict[str, Any]:
     return {
         "schema_check": _bool("SCHEMA_CHECK", e.get("SCHEMA_CHECK", "true")),
         "schema_policy": policy,
-        "schema_check_every": _int("SCHEMA_CHECK_EVERY", e.get("SCHEMA_CHECK_EVERY", "64"), minimum=1),
+        "schema_check_every": _int("SCHEMA_CHECK_EVERY", e.get("SCHEMA_CHECK_EVERY", "256"), minimum=1),
         "typed_rows": _bool("TYPED_ROWS", e.get("TYPED_ROWS", "false")),
         "row_columns": _row_columns(e.get("ROW_COLUMNS", "")),
         "pseudonymise": _bool("PSEUDONYMISE", e.get("PSEUDONYMISE", "false")),

@@ -20,18 +20,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC
 from typing import Any
 
 import simdjson
 
-from .contract import MAX_EXAMPLES, Contract, contract_for, is_boolean, is_double, parse_datetime
+from .contract import MAX_EXAMPLES, Contract, contract_for, parse_datetime
 from .errors import SchemaViolation
-
-_TRUE = frozenset({"true", "True", "TRUE", "1"})
 
 
 class RowStage(ABC):
@@ -52,7 +51,7 @@ class RowSettings:
 
     policy: str = "report"
     check: bool = True
-    check_every: int = 64
+    check_every: int = 256
     typed: bool = False
     columns: tuple[str, ...] = ()  # the allowlist of this drop's table; () keeps every column
     pseudonymise: bool = False
@@ -106,34 +105,80 @@ def secret_fingerprint(secret: bytes) -> str:
     return "sha256:" + hmac.digest(secret, b"viva-relay pseudonym secret version", hashlib.sha256).hex()[:16]
 
 
-def _to_number(value: Any) -> Any:
-    if type(value) is str:
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            return float(text)
-    return value
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+#: The C encoder, made once: ``json.dumps`` and ``JSONEncoder.encode`` build one per call, which costs
+#: more than encoding a small row. Rows hold no cycles, so no cycle check (``markers=None``).
+_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER = (
+    None
+    if _MAKE_ENCODER is None
+    else _MAKE_ENCODER(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+)
+
+
+def _encode(row: dict[str, Any]) -> str:
+    """A row as compact JSON text (UTF-8 kept, NaN refused)."""
+    if _C_ENCODER is None:
+        return _ENCODER.encode(row)
+    return "".join(_C_ENCODER(row, 0))
+
+
+_BOOLEANS = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "1": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+    "0": False,
+}
+_MISSING = object()
+Converter = Callable[[Any], Any]
+
+
+def _to_double(value: Any) -> Any:
+    """A number as a JSON number (integers stay integers); _MISSING when it is not one."""
+    kind = type(value)
+    if kind is float or kind is int:
+        return value
+    if kind is not str:
+        return _MISSING
+    if value.isdigit():
+        return int(value)
+    try:
+        number = float(value)
+    except ValueError:
+        return _MISSING
+    return number if math.isfinite(number) and "_" not in value else _MISSING
 
 
 def _to_boolean(value: Any) -> Any:
-    if type(value) is bool:
+    kind = type(value)
+    if kind is bool:
         return value
-    return (value in _TRUE) if type(value) is str else bool(value)
+    if kind is str:
+        return _BOOLEANS.get(value, _MISSING)
+    if kind is int and value in (0, 1):
+        return bool(value)
+    return _MISSING
 
 
-def _to_datetime(value: Any) -> Any:
-    when = parse_datetime(value)
-    if when is None:
-        raise ValueError("not a date")
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def _date_converter() -> Converter:
+    cache: dict[Any, Any] = {}
 
+    def to_datetime(value: Any) -> Any:
+        done = cache.get(value, _MISSING) if type(value) is str else _MISSING
+        if done is _MISSING:
+            when = parse_datetime(value)
+            if when is None:
+                return _MISSING
+            done = when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            if len(cache) < 10_000:
+                cache[value] = done
+        return done
 
-_CONVERTERS = {
-    "double": (is_double, _to_number),
-    "boolean": (is_boolean, _to_boolean),
-    "datetime": (lambda v: parse_datetime(v) is not None, _to_datetime),
-}
+    return to_datetime
 
 
 @dataclass
@@ -142,8 +187,24 @@ class _Unconverted:
     rows: list[int] = field(default_factory=list)
 
 
+_CONTAINERS = (simdjson.Object, simdjson.Array)
+
+
+def _plain(value: Any) -> Any:
+    """A simdjson container as plain Python (what the encoder takes)."""
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
 class RowTransformer(RowStage):
-    """Applies the allowlist, typed values and pseudonyms to each row (re-serialised compactly)."""
+    """Applies the allowlist, typed values and pseudonyms to each row (re-serialised compactly).
+
+    Each column gets one converter, made once: a pseudonym for identifiers, a typed conversion for
+    contract columns when ``typed`` is on, nothing otherwise.
+    """
 
     def __init__(
         self,
@@ -161,66 +222,84 @@ class RowTransformer(RowStage):
         self._parser = simdjson.Parser()
         self._rows = 0
         self._unconverted: dict[str, _Unconverted] = {}
-        self._plans: dict[str, Any] = {}
+        self._converters: dict[str, Converter | None] = {}
+        self._plan: list[tuple[str, Converter | None]] | None = None
 
-    def _plan(self, name: str) -> Any:
-        """What to do with one column's value: (check, convert) for typed columns, else None."""
-        plan = self._plans.get(name, ...)
-        if plan is ...:
-            kind = self.contract.type_of(name) if self.contract and self.settings.typed else None
-            plan = self._plans[name] = _CONVERTERS.get(kind) if kind else None
-        return plan
-
-    def _value(self, name: str, value: Any, index: int) -> Any:
-        if isinstance(value, simdjson.Object):
-            value = value.as_dict()
-        elif isinstance(value, simdjson.Array):
-            value = value.as_list()
-        if value is None:
-            return None
+    def _converter(self, name: str) -> Converter | None:
+        if name in self._converters:
+            return self._converters[name]
+        made: Converter | None = None
         if name in self._identifiers and self._pseudonym is not None:
-            return self._pseudonym(value if type(value) is str else json.dumps(value))
-        plan = self._plan(name)
-        if plan is None:
-            return value
-        check, convert = plan
-        if check(value):
-            try:
-                return convert(value)
-            except (ValueError, OverflowError):
-                pass
+            pseudonym = self._pseudonym
+
+            def made(value: Any) -> Any:
+                return pseudonym(value if type(value) is str else _encode(_plain(value)))
+
+        elif self.settings.typed and self.contract is not None:
+            kind = self.contract.type_of(name)
+            made = {"double": _to_double, "boolean": _to_boolean}.get(kind or "")
+            if kind == "datetime":
+                made = _date_converter()
+        self._converters[name] = made
+        return made
+
+    def _unconvertible(self, name: str, index: int) -> None:
         miss = self._unconverted.setdefault(name, _Unconverted())
         miss.count += 1
         if len(miss.rows) < MAX_EXAMPLES:
             miss.rows.append(index)
         if self.settings.policy == "fail":
             raise SchemaViolation(f"row {index + 1}: column {name!r} cannot be converted to its contract type")
-        return value
+
+    def _value(self, name: str, value: Any, index: int) -> Any:
+        if value is None:
+            return None
+        convert = self._converter(name)
+        if convert is None:
+            return _plain(value)
+        done = convert(value)
+        if done is _MISSING:
+            self._unconvertible(name, index)
+            return _plain(value)
+        return done
 
     def _one(self, line: bytes, index: int) -> bytes:
-        value = self._value
-        if self.settings.columns:
-            # Only the kept columns are read, lazily (a lookup of an absent key is slow in simdjson,
-            # so presence is learnt from KeyError).
-            doc: Any = self._parser.parse(line)
-            out: dict[str, Any] = {}
-            try:
-                for name in self.settings.columns:
-                    try:
-                        out[name] = value(name, doc[name], index)
-                    except KeyError:
-                        continue
-            finally:
-                del doc
-        else:
-            out = {n: value(n, v, index) for n, v in json.loads(line).items()}
-        return json.dumps(out, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        if not self.settings.columns:
+            value = self._value
+            return _encode({n: value(n, v, index) for n, v in json.loads(line).items()}).encode("utf-8")
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = [(n, self._converter(n)) for n in self.settings.columns]
+        # Only the kept columns are read, lazily (a lookup of an absent key is slow in simdjson, so
+        # presence is learnt from KeyError).
+        doc: Any = self._parser.parse(line)
+        out: dict[str, Any] = {}
+        try:
+            for name, convert in plan:
+                try:
+                    value = doc[name]
+                except KeyError:
+                    continue
+                if value is not None:
+                    if convert is not None:
+                        done = convert(value)
+                        if done is _MISSING:
+                            self._unconvertible(name, index)
+                            done = _plain(value)
+                        value = done
+                    elif type(value) in _CONTAINERS:
+                        value = _plain(value)
+                out[name] = value
+        finally:
+            del doc
+        return _encode(out).encode("utf-8")
 
     def process(self, rows: list[bytes]) -> list[bytes]:
         """Transform every row of the batch."""
         start = self._rows
         self._rows += len(rows)
-        return [self._one(line, start + i) for i, line in enumerate(rows)]
+        one = self._one
+        return [one(line, start + i) for i, line in enumerate(rows)]
 
     def findings(self) -> list[dict[str, Any]]:
         """Values the typed transform left as they were."""
