@@ -7,10 +7,11 @@ turns a schema report into the ledger's ``SchemaDrift``/``SchemaReport`` columns
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .contract import ContractCheck, report_json
+from .ledger import WAITING, DropRecord
 from .metadata import DropMetadata
 from .runtime import Runtime
 from .transforms import RowSettings, RowStage, RowTransformer, row_columns_for
@@ -52,6 +53,17 @@ def recorded_or(props: dict[str, Any], current: RowSettings) -> RowSettings:
     """The settings recorded on the drop, else ``current`` (its first attempt)."""
     text = props.get(RECORDED)
     return RowSettings.from_json(str(text)) if text else current
+
+
+def adopt_current_policy(rt: Runtime, record: DropRecord) -> DropRecord | None:
+    """Before an operator's reprocess: the drop keeps its recorded row settings but takes today's
+    ``SCHEMA_POLICY`` (the policy changes no row, so the re-sent messages stay identical), so that a
+    drop failed under ``fail`` can be accepted with ``report``."""
+    text = record.props.get(RECORDED)
+    if not text:
+        return record
+    wanted = replace(RowSettings.from_json(str(text)), policy=rt.settings.schema_policy).to_json()
+    return rt.ledger.update_if(record, lambda row: row.state == WAITING, {RECORDED: wanted})
 
 
 def plan_for(rt: Runtime | None, md: DropMetadata, settings: RowSettings) -> RowPlan:

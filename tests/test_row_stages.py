@@ -314,3 +314,22 @@ def test_drops_list_flags_drift_and_show_prints_the_report(
     assert shown["SchemaDrift"] is True and shown["SchemaReport"]["rows"] == 12
     renamed = {"check": "renamed", "expected": "ObjectId", "seen": "PersonId", "rows": 12}
     assert renamed in shown["SchemaReport"]["findings"]
+
+
+def test_an_operator_accepts_a_drop_failed_for_drift_by_reprocessing_under_report(
+    azurite: Azurite, tmp_path: Path
+) -> None:
+    from shared.reprocess import reprocess_drop
+
+    strict = make_relay(azurite, tmp_path, SCHEMA_POLICY="fail")
+    tenant = strict.new_tenant()
+    _, path = strict.drop(tenant, rows=30)
+    assert ingest(strict, path).code == "schema"
+    drop_id = record_of(strict, tenant).drop_id
+    lenient = Runtime(Settings.from_env(strict.env | {"SCHEMA_POLICY": "report"}))
+    outcome = reprocess_drop(lenient, drop_id)
+    assert outcome.status == "delivered", outcome.reason
+    record = record_of(strict, tenant)
+    assert json.loads(record.props["RowSettings"])["policy"] == "report" and record.props["SchemaDrift"] is True
+    [complete] = [m for m in strict.messages() if m["type"] == "complete"]
+    assert complete["schema"]["drift"] is True and complete["rows"] == 30
