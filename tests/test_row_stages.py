@@ -305,7 +305,7 @@ def test_drops_list_flags_drift_and_show_prints_the_report(
     capsys.readouterr()
     assert main(["drops", "list"]) == 0
     [line] = [x for x in capsys.readouterr().out.splitlines() if drop_id in x]
-    assert "delivered (schema drift)" in line
+    assert " delivered " in line and "schema drift: " in line and "renamed" in line
     assert main(["drops", "list", "--json"]) == 0
     [doc] = [d for d in json.loads(capsys.readouterr().out) if d["drop_id"] == drop_id]
     assert doc["schema_drift"] is True

@@ -111,6 +111,18 @@ def _drift(record: DropRecord) -> bool | None:
     return None if value is None else bool(value)
 
 
+def _drift_note(record: DropRecord) -> str:
+    """'schema drift: <checks>' for a drop whose rows drifted (the reason column of ``drops list``)."""
+    if not _drift(record):
+        return ""
+    try:
+        findings = json.loads(str(record.props.get("SchemaReport") or "{}")).get("findings", [])
+    except ValueError:
+        findings = []
+    checks = sorted({str(f.get("check")) for f in findings if isinstance(f, dict)})
+    return "schema drift: " + ", ".join(checks) if checks else "schema drift"
+
+
 def list_command(args: argparse.Namespace) -> int:
     """Print the drops as a table (or JSON)."""
     rt = common.runtime_from(args)
@@ -120,11 +132,11 @@ def list_command(args: argparse.Namespace) -> int:
         {
             "drop id": r.drop_id,
             "tenant": r.tenant,
-            "state": _state(r) + (" (schema drift)" if _drift(r) else ""),
+            "state": _state(r),
             "rows": r.props.get("Rows", ""),
             "messages": r.props.get("Messages", ""),
             "first seen": _short_time(r.props.get("FirstSeen")),
-            "reason": _shorten(_reason(r)),
+            "reason": _shorten(_reason(r) or _drift_note(r)),
         }
         for r in records
     ]
