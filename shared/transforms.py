@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -134,51 +135,72 @@ _BOOLEANS = {
     "0": False,
 }
 _MISSING = object()
-Converter = Callable[[Any], Any]
+#: A column's value -> its JSON text in the output row, or _MISSING when the value does not fit.
+Emitter = Callable[[Any], Any]
+_quote = json.encoder.encode_basestring  # C speed; keeps UTF-8 as is
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?").fullmatch
+_BOOLEAN_JSON: dict[Any, str] = {k: "true" if v else "false" for k, v in _BOOLEANS.items()}
+_BOOLEAN_JSON.update({True: "true", False: "false"})  # also the ints 1 and 0, which hash alike
 
 
-def _to_double(value: Any) -> Any:
-    """A number as a JSON number (integers stay integers); _MISSING when it is not one."""
+def _as_json(value: Any) -> str:
+    """A value left as it came, as JSON text."""
     kind = type(value)
-    if kind is float or kind is int:
-        return value
-    if kind is not str:
-        return _MISSING
-    if value.isdigit():
-        return int(value)
-    try:
-        number = float(value)
-    except ValueError:
-        return _MISSING
-    return number if math.isfinite(number) and "_" not in value else _MISSING
-
-
-def _to_boolean(value: Any) -> Any:
-    kind = type(value)
-    if kind is bool:
-        return value
     if kind is str:
-        return _BOOLEANS.get(value, _MISSING)
-    if kind is int and value in (0, 1):
-        return bool(value)
+        return _quote(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    if value is None:
+        return "null"
+    return _encode(_plain(value))
+
+
+def _double_json(value: Any) -> Any:
+    """A number as a JSON number: a string already spelled as one is kept as it is (no float round
+    trip); any other numeric string is written as the shortest float that reads back the same."""
+    kind = type(value)
+    if kind is str:
+        if _JSON_NUMBER(value):
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            return _MISSING
+        return float.__repr__(number) if math.isfinite(number) and "_" not in value else _MISSING
+    if kind is float:
+        return float.__repr__(value) if math.isfinite(value) else _MISSING
+    if kind is int:
+        return int.__repr__(value)
     return _MISSING
 
 
-def _date_converter() -> Converter:
-    cache: dict[Any, Any] = {}
+def _boolean_json(value: Any) -> Any:
+    if type(value) not in (str, bool, int):
+        return _MISSING
+    return _BOOLEAN_JSON.get(value, _MISSING)
 
-    def to_datetime(value: Any) -> Any:
-        done = cache.get(value, _MISSING) if type(value) is str else _MISSING
-        if done is _MISSING:
+
+def _datetime_json() -> Emitter:
+    cache: dict[str, str] = {}
+
+    def emit(value: Any) -> Any:
+        if type(value) is not str:
+            return _MISSING
+        done = cache.get(value)
+        if done is None:
             when = parse_datetime(value)
             if when is None:
                 return _MISSING
-            done = when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            done = _quote(when.astimezone(UTC).isoformat().replace("+00:00", "Z"))
             if len(cache) < 10_000:
                 cache[value] = done
         return done
 
-    return to_datetime
+    return emit
 
 
 @dataclass
@@ -200,10 +222,11 @@ def _plain(value: Any) -> Any:
 
 
 class RowTransformer(RowStage):
-    """Applies the allowlist, typed values and pseudonyms to each row (re-serialised compactly).
+    """Applies the allowlist, typed values and pseudonyms to each row, written out as compact JSON.
 
-    Each column gets one converter, made once: a pseudonym for identifiers, a typed conversion for
-    contract columns when ``typed`` is on, nothing otherwise.
+    Each column gets one emitter, made once, that writes its value's JSON text: a quoted pseudonym
+    for identifiers, the typed form for contract columns when ``typed`` is on, the value as it came
+    otherwise. Rows are assembled from those texts (no per-row encoder).
     """
 
     def __init__(
@@ -222,25 +245,30 @@ class RowTransformer(RowStage):
         self._parser = simdjson.Parser()
         self._rows = 0
         self._unconverted: dict[str, _Unconverted] = {}
-        self._converters: dict[str, Converter | None] = {}
-        self._plan: list[tuple[str, Converter | None]] | None = None
+        self._emitters: dict[str, tuple[str, Emitter]] = {}
+        self._plan: list[tuple[str, str, Emitter]] = [(n, *self._emitter(n)) for n in settings.columns]
 
-    def _converter(self, name: str) -> Converter | None:
-        if name in self._converters:
-            return self._converters[name]
-        made: Converter | None = None
+    def _emitter(self, name: str) -> tuple[str, Emitter]:
+        """The column's ``"name":`` prefix and its emitter."""
+        known = self._emitters.get(name)
+        if known is not None:
+            return known
+        emit: Emitter = _as_json
         if name in self._identifiers and self._pseudonym is not None:
             pseudonym = self._pseudonym
 
-            def made(value: Any) -> Any:
-                return pseudonym(value if type(value) is str else _encode(_plain(value)))
+            def emit(value: Any) -> Any:
+                return '"' + pseudonym(value if type(value) is str else _encode(_plain(value))) + '"'
 
         elif self.settings.typed and self.contract is not None:
             kind = self.contract.type_of(name)
-            made = {"double": _to_double, "boolean": _to_boolean}.get(kind or "")
-            if kind == "datetime":
-                made = _date_converter()
-        self._converters[name] = made
+            if kind == "double":
+                emit = _double_json
+            elif kind == "boolean":
+                emit = _boolean_json
+            elif kind == "datetime":
+                emit = _datetime_json()
+        made = self._emitters[name] = (_quote(name) + ":", emit)
         return made
 
     def _unconvertible(self, name: str, index: int) -> None:
@@ -251,48 +279,46 @@ class RowTransformer(RowStage):
         if self.settings.policy == "fail":
             raise SchemaViolation(f"row {index + 1}: column {name!r} cannot be converted to its contract type")
 
-    def _value(self, name: str, value: Any, index: int) -> Any:
+    def _text(self, name: str, emit: Emitter, value: Any, index: int) -> str:
         if value is None:
-            return None
-        convert = self._converter(name)
-        if convert is None:
-            return _plain(value)
-        done = convert(value)
-        if done is _MISSING:
+            return "null"
+        text = emit(value)
+        if text is _MISSING:
             self._unconvertible(name, index)
-            return _plain(value)
-        return done
+            return _as_json(value)
+        return str(text)
+
+    def _whole_row(self, line: bytes, index: int) -> bytes:
+        parts = []
+        for name, value in json.loads(line).items():
+            prefix, emit = self._emitter(name)
+            parts.append(prefix + self._text(name, emit, value, index))
+        return ("{" + ",".join(parts) + "}").encode("utf-8")
 
     def _one(self, line: bytes, index: int) -> bytes:
-        if not self.settings.columns:
-            value = self._value
-            return _encode({n: value(n, v, index) for n, v in json.loads(line).items()}).encode("utf-8")
-        plan = self._plan
-        if plan is None:
-            plan = self._plan = [(n, self._converter(n)) for n in self.settings.columns]
+        if not self._plan:
+            return self._whole_row(line, index)
         # Only the kept columns are read, lazily (a lookup of an absent key is slow in simdjson, so
         # presence is learnt from KeyError).
         doc: Any = self._parser.parse(line)
-        out: dict[str, Any] = {}
+        parts = []
         try:
-            for name, convert in plan:
+            for name, prefix, emit in self._plan:
                 try:
                     value = doc[name]
                 except KeyError:
                     continue
-                if value is not None:
-                    if convert is not None:
-                        done = convert(value)
-                        if done is _MISSING:
-                            self._unconvertible(name, index)
-                            done = _plain(value)
-                        value = done
-                    elif type(value) in _CONTAINERS:
-                        value = _plain(value)
-                out[name] = value
+                if value is None:
+                    parts.append(prefix + "null")
+                    continue
+                text = emit(value)
+                if text is _MISSING:
+                    self._unconvertible(name, index)
+                    text = _as_json(value)
+                parts.append(prefix + text)
         finally:
             del doc
-        return _encode(out).encode("utf-8")
+        return ("{" + ",".join(parts) + "}").encode("utf-8")
 
     def process(self, rows: list[bytes]) -> list[bytes]:
         """Transform every row of the batch."""
