@@ -96,6 +96,10 @@ def main() -> int:
         print(f"  landing   {left} blobs left for this drop in {rt.settings.landing_container}")
         print(f"  rows      {p.get('Rows', 0):,} delivered of {int(p.get('RowsExpected', 0)):,} in Metadata.json")
         print(f"  messages  {p.get('Messages', 0):,} row messages + 1 completion ({p.get('Encoding')})")
+        if p.get("SchemaReport"):
+            checks = sorted({f["check"] for f in json.loads(p["SchemaReport"])["findings"]})
+            drift = "drift: " + ", ".join(checks) if checks else "no drift"
+            print(f"  schema    {drift} (the sample is Microsoft's v1 shape; docs/contract.md)")
         print(
             f"  speed     {p.get('MBps')} MB/s through decrypt+gunzip+validate+pack+queue "
             f"({wall:.2f} s wall, key unwrapped with {p.get('Algorithm')})"
