@@ -257,6 +257,10 @@ class RowTransformer(RowStage):
         self._emitters: dict[str, tuple[str, Emitter]] = {}
         self._plan: list[tuple[str, str, Emitter]] = [(n, *self._emitter(n)) for n in settings.columns]
         self._pick = operator.itemgetter(*settings.columns) if settings.columns else None
+        #: Columns whose texts are worth caching (identifiers, dates): value -> JSON text.
+        self._texts: dict[str, dict[str, str]] = {
+            name: {} for name, _, emit in self._plan if emit not in (_as_json, _double_json, _boolean_json)
+        }
 
     def _emitter(self, name: str) -> tuple[str, Emitter]:
         """The column's ``"name":`` prefix and its emitter."""
@@ -381,6 +385,22 @@ class RowTransformer(RowStage):
             return list(map(_quote, values))
         if emit is _boolean_json and kinds == {bool}:
             return ["true" if v else "false" for v in values]
+        cache = self._texts.get(name)
+        if cache is not None and kinds == {str}:
+            # Pseudonyms and dates repeat (a person's weeks, a drop's few dates): look them up a
+            # column at a time, and compute only the values not seen yet.
+            texts: list[Any] = list(map(cache.get, values))
+            if None in texts:
+                for i, value in enumerate(values):
+                    if texts[i] is None:
+                        text = emit(value)
+                        if text is _MISSING:
+                            self._unconvertible(name, start + i)
+                            text = _as_json(value)
+                        elif len(cache) < CACHE_LIMIT:
+                            cache[value] = text
+                        texts[i] = text
+            return texts
         out = []
         for i, value in enumerate(values):
             if value is None:
