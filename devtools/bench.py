@@ -8,6 +8,10 @@ and measures, each in a fresh process so that peak RSS belongs to one variant al
 - ``decode``: Viva Relay's streaming path (decrypt, gunzip, split, validate) into a null sink;
 - ``packed-<encoding>``: the same with message packing in each queue encoding (the shipped one is
   the summary's packed path);
+- ``contract``: the decode path with the data contract check (the default of every drop) into a null
+  sink;
+- ``transformed``: the contract check and every row transform together (typed values, a
+  ``TRANSFORM_COLUMNS`` allowlist, pseudonymised person ids), packed in the shipped encoding;
 - ``azurite``: a smaller drop delivered into a real Azurite queue with the default put concurrency,
   with our CPU time and Azurite's, to say which side limits delivery;
 - ``consume``: that drop's messages from the queue into published PostgreSQL rows by the reference
@@ -15,7 +19,8 @@ and measures, each in a fresh process so that peak RSS belongs to one variant al
 
 The last line printed is the summary of the largest drop::
 
-    bench: ratio_to_floor=<R> packed_ratio_to_floor=<P> peak_rss_mib=<M> rows=<N> [consume_ratio_to_copy=<K>]
+    bench: ratio_to_floor=<R> packed_ratio_to_floor=<P> peak_rss_mib=<M> rows=<N>
+    contract_ratio_to_floor=<C> transform_ratio_to_floor=<T> [consume_ratio_to_copy=<K>]
 
 Usage: ``python -m devtools.bench [--sizes 100MB,1GB] [--workdir DIR] [--encoding gzip-base64]
 [--no-azurite] [--azurite-mb N] [--repeat N]``. See docs/performance.md.
@@ -44,7 +49,24 @@ DEFAULT_SIZES = "100MB,1GB"
 ENCODINGS = ("json", "base64", "gzip-base64")
 #: Bumped whenever the way drops are generated changes, so cached drops are made again.
 DROP_FORMAT = 1
-SUMMARY_FORMAT = "bench: ratio_to_floor={r:.2f} packed_ratio_to_floor={p:.2f} peak_rss_mib={m:.1f} rows={n}"
+SUMMARY_FORMAT = (
+    "bench: ratio_to_floor={r:.2f} packed_ratio_to_floor={p:.2f} peak_rss_mib={m:.1f} rows={n}"
+    " contract_ratio_to_floor={c:.2f} transform_ratio_to_floor={t:.2f}"
+)
+#: The allowlist of the ``transformed`` variant: the person, the week and a few metrics, as a partner
+#: that requests only what it needs would keep.
+TRANSFORM_COLUMNS = (
+    "PersonId",
+    "MetricDate",
+    "IsActive",
+    "Collaboration hours",
+    "Meeting hours",
+    "Email hours",
+    "Chat hours",
+    "After-hours collaboration hours",
+    "Multitasking hours",
+    "Meetings",
+)
 
 
 @dataclass
@@ -250,7 +272,9 @@ def measure_floor(drop: BenchDrop) -> Result:
     return Result("floor", seconds, drop.plaintext_bytes, int(out.split()[0]), sum(peaks), cpu_seconds=cpu)
 
 
-def _stream(drop: BenchDrop, sink: Any) -> tuple[float, int]:
+def _stream(drop: BenchDrop, sink: Any, rows: Any = None) -> tuple[float, int]:
+    """Stream the drop into ``sink``; ``rows`` (RowSettings) adds the contract check and transforms."""
+    from shared import rowplan
     from shared.ingest import stream_drop
     from shared.keyfolder import KeyFolderUnwrapper
     from shared.metadata import parse_metadata
@@ -258,9 +282,73 @@ def _stream(drop: BenchDrop, sink: Any) -> tuple[float, int]:
 
     source = FolderDropSource(drop.root)
     unwrapper = KeyFolderUnwrapper(drop.folder.parent.parent / "keys")
+    md = parse_metadata(source.read_metadata())
     started = time.perf_counter()
-    stats = stream_drop(source, parse_metadata(source.read_metadata()), unwrapper, sink)
+    if rows is None:
+        stats = stream_drop(source, md, unwrapper, sink)
+    else:
+        plan = rowplan.plan_for(None, md, rows)
+        stats = stream_drop(source, md, unwrapper, sink, check=plan.check, stages=plan.stages)
     return time.perf_counter() - started, stats.rows
+
+
+def measure_contract(drop: BenchDrop) -> Result:
+    """The decode path with the contract check, into a null sink."""
+    from shared.config import Settings
+    from shared.sinks import NullSink
+    from shared.transforms import RowSettings
+
+    every = Settings().schema_check_every
+    cpu = _cpu_seconds()
+    seconds, rows = _stream(drop, NullSink(), RowSettings(check=True, check_every=every))
+    return Result("contract", seconds, drop.plaintext_bytes, rows, _peak_rss_kib(), cpu_seconds=_cpu_seconds() - cpu)
+
+
+def measure_transformed(drop: BenchDrop, encoding: str) -> Result:
+    """The contract check and every transform, packed in ``encoding`` (counted, not sent)."""
+    from shared import rowplan
+    from shared.config import Settings
+    from shared.ingest import stream_drop
+    from shared.keyfolder import KeyFolderUnwrapper
+    from shared.messages import Envelope
+    from shared.metadata import parse_metadata
+    from shared.sinks import CountingSink
+    from shared.sources import FolderDropSource
+    from shared.transforms import Pseudonymiser, RowSettings, RowTransformer
+
+    settings = RowSettings(
+        check=True,
+        check_every=Settings().schema_check_every,
+        typed=True,
+        columns=TRANSFORM_COLUMNS,
+        pseudonymise=True,
+        secret_version="bench",
+    )
+    source = FolderDropSource(drop.root)
+    md = parse_metadata(source.read_metadata())
+    plan = rowplan.plan_for(None, md, RowSettings(check=True, check_every=settings.check_every))
+    plan.stages.append(
+        RowTransformer(md.table_name, settings, Pseudonymiser(b"bench pseudonym secret, 32 bytes", "bench"))
+    )
+    sink = CountingSink(Envelope(BENCH_TENANT, "bench", "bench"), encoding)
+    cpu = _cpu_seconds()
+    started = time.perf_counter()
+    try:
+        unwrapper = KeyFolderUnwrapper(drop.folder.parent.parent / "keys")
+        stats = stream_drop(source, md, unwrapper, sink, check=plan.check, stages=plan.stages)
+    finally:
+        sink.close()
+    seconds = time.perf_counter() - started
+    return Result(
+        "transformed",
+        seconds,
+        drop.plaintext_bytes,
+        stats.rows,
+        _peak_rss_kib(),
+        messages=sink.messages,
+        cpu_seconds=_cpu_seconds() - cpu,
+        extra={"message_bytes": sink.message_bytes},
+    )
 
 
 def measure_decode(drop: BenchDrop) -> Result:
@@ -394,6 +482,10 @@ def _measure_in_process(args: argparse.Namespace) -> None:
         result = measure_decode(drop)
     elif variant == "naive":
         result = measure_naive(drop)
+    elif variant == "contract":
+        result = measure_contract(drop)
+    elif variant == "transformed":
+        result = measure_transformed(drop, args.encoding)
     elif variant.startswith("packed-"):
         result = measure_packed(drop, variant.removeprefix("packed-"))
     elif variant.startswith("azurite-"):
@@ -405,11 +497,15 @@ def _measure_in_process(args: argparse.Namespace) -> None:
     print(json.dumps(asdict(result)))
 
 
-def run_variant(drop: BenchDrop, variant: str, *, profile_dir: Path | None = None) -> Result:
+def run_variant(
+    drop: BenchDrop, variant: str, *, profile_dir: Path | None = None, encoding: str | None = None
+) -> Result:
     """Measure one variant in a fresh Python process (or the shell floor from here)."""
     if variant == "floor":
         return measure_floor(drop)
     cmd = [sys.executable, "-m", "devtools.bench", "--measure", variant, "--drop", str(drop.folder)]
+    if encoding is not None:
+        cmd += ["--encoding", encoding]
     if profile_dir is not None:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         profile_dir.mkdir(parents=True, exist_ok=True)
@@ -444,11 +540,13 @@ def measure_size(
 ) -> dict[str, Result]:
     """Every variant on one drop; the repeated ones interleaved (so a busy moment hits them all)."""
     warm_page_cache(drop.data_file)
-    variants = ["floor", "decode", *(f"packed-{e}" for e in encodings)]
+    variants = ["floor", "decode", *(f"packed-{e}" for e in encodings), "contract", "transformed"]
     runs: dict[str, list[Result]] = {v: [] for v in variants}
     for round_no in range(repeat):
         for variant in variants:
-            result = run_variant(drop, variant, profile_dir=profile_dir if round_no == 0 else None)
+            result = run_variant(
+                drop, variant, profile_dir=profile_dir if round_no == 0 else None, encoding=encodings[0]
+            )
             log(f"{drop.label} {variant} run {round_no + 1}/{repeat}: {result.mb_per_s:.0f} MB/s")
             runs[variant].append(result)
     best = {v: _best(r) for v, r in runs.items()}
@@ -479,7 +577,14 @@ def report_size(drop: BenchDrop, results: dict[str, Result]) -> str:
     floor = results["floor"].mb_per_s
     header = ["variant", "MB/s", "rows/s", "peak RSS MiB", "messages", "rows/msg", "x floor", "CPU s"]
     rows = [header]
-    order = ["floor", "naive", "decode", *sorted(v for v in results if v.startswith("packed-"))]
+    order = [
+        "floor",
+        "naive",
+        "decode",
+        *sorted(v for v in results if v.startswith("packed-")),
+        "contract",
+        "transformed",
+    ]
     for variant in order:
         if variant not in results:
             continue
@@ -644,13 +749,17 @@ def main(argv: list[str] | None = None) -> int:
     floor = results["floor"].mb_per_s
     packed = results[f"packed-{args.encoding}"]
     decode = results["decode"]
+    contract = results["contract"]
+    transformed = results["transformed"]
     print(
         "\n"
         + SUMMARY_FORMAT.format(
             r=decode.mb_per_s / floor,
             p=packed.mb_per_s / floor,
-            m=max(decode.peak_rss_mib, packed.peak_rss_mib),
+            m=max(r.peak_rss_mib for r in (decode, packed, contract, transformed)),
             n=drop.rows,
+            c=contract.mb_per_s / floor,
+            t=transformed.mb_per_s / floor,
         )
         + consume_ratio,
         flush=True,

@@ -26,6 +26,7 @@ import re
 import secrets
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +199,8 @@ class KeyVaultStandIn(HttpsStandIn):
         self._keys: dict[str, _Key] = {}
         self._deleted: dict[str, _Key] = {}
         self._state_lock = threading.RLock()
+        #: Secrets: name (lower case) -> versions, oldest first (version id, value, created).
+        self._secrets: dict[str, list[tuple[str, str, int]]] = {}
 
     # -- helpers for tests ----------------------------------------------------------------------
     def client_kwargs(self) -> dict[str, Any]:
@@ -286,6 +289,8 @@ class KeyVaultStandIn(HttpsStandIn):
     def _route(self, request: RecordedRequest) -> Reply:
         method, body = request.method, request.body
         segs = request.path.split("/")[1:]
+        if segs and segs[0].lower() == "secrets":
+            return self._secret_route(method, body, segs[1:])
         if not segs or segs[0].lower() not in ("keys", "deletedkeys"):
             return self._unsupported(request)
         collection, rest = segs[0].lower(), segs[1:]
@@ -329,6 +334,42 @@ class KeyVaultStandIn(HttpsStandIn):
         elif len(rest) == 2 and rest[1].lower() == "recover" and method == "POST":
             return self._recover(rest[0])
         return self._unsupported(request)
+
+    # -- secrets (Set Secret and Get Secret of the secrets REST API 7.x) ---------------------------
+    def set_secret(self, name: str, value: str) -> str:
+        """Add a new version of a secret (as ``az keyvault secret set`` does); returns the version."""
+        if not _NAME_RE.match(name):
+            raise ValueError(f"invalid secret name {name!r}")
+        version = uuid.uuid4().hex
+        with self._state_lock:
+            self._secrets.setdefault(name.lower(), []).append((version, value, int(time.time())))
+        return version
+
+    def _secret_bundle(self, name: str, version: str, value: str, created: int) -> dict[str, Any]:
+        return {
+            "value": value,
+            "id": f"{self.url}/secrets/{name}/{version}",
+            "attributes": {"enabled": True, "created": created, "updated": created, "recoveryLevel": "Recoverable"},
+        }
+
+    def _secret_route(self, method: str, body: Any, rest: list[str]) -> Reply:
+        if len(rest) == 1 and method == "PUT":
+            doc = body
+            if not isinstance(doc, dict) or not isinstance(doc.get("value"), str):
+                raise _bad("The request body must hold the secret's value.")
+            version = self.set_secret(rest[0], doc["value"])
+            return Reply(200, self._secret_bundle(rest[0], version, doc["value"], int(time.time())))
+        if len(rest) in (1, 2) and method == "GET":
+            name, wanted = rest[0], (rest[1] if len(rest) == 2 else "")
+            with self._state_lock:
+                versions = list(self._secrets.get(name.lower(), []))
+            found = [v for v in versions if v[0] == wanted] if wanted else versions[-1:]
+            if not found:
+                message = f"A secret with (name/id) {name} was not found in this key vault."
+                return error_reply(404, "SecretNotFound", message)
+            version, value, created = found[-1]
+            return Reply(200, self._secret_bundle(name, version, value, created))
+        return error_reply(404, "NotFound", "The stand-in does not implement that secrets operation.")
 
     @staticmethod
     def _unsupported(request: RecordedRequest) -> Reply:

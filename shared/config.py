@@ -8,6 +8,7 @@ connection string, or ``<name>__blobServiceUri`` / ``__queueServiceUri`` / ``__t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -96,6 +97,14 @@ class Settings:
     health_repeat_hours: int = 72
     health_table: str = "VivaRelayHealth"
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # Data contract and row transforms (docs/contract.md); read by _contract_settings below.
+    schema_check: bool = True
+    schema_policy: str = "report"
+    schema_check_every: int = 256
+    typed_rows: bool = False
+    row_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    pseudonymise: bool = False
+    pseudonym_secret_name: str = "viva-relay-pseudonym"  # noqa: S105 - a secret's name, not a secret
 
     def require_key_vault(self) -> str:
         """The vault URL; ConfigError when KEY_SOURCE=keyvault has none (checked where keys are used)."""
@@ -173,6 +182,7 @@ class Settings:
             run_no_drop_alert_hours=_int("RUN_NO_DROP_ALERT_HOURS", get("RUN_NO_DROP_ALERT_HOURS", "24"), minimum=1),
             **_health_settings(get, d),
             env=dict(e),
+            **_contract_settings(e),
         )
 
 
@@ -250,4 +260,50 @@ def _health_settings(get: Callable[[str, str], str], d: Settings) -> dict[str, A
         "queue_age_alert_hours": whole("QUEUE_AGE_ALERT_HOURS", d.queue_age_alert_hours, 1),
         "health_repeat_hours": whole("HEALTH_REPEAT_HOURS", d.health_repeat_hours, 1),
         "health_table": _name("HEALTH_TABLE", get("HEALTH_TABLE", d.health_table), _TABLE_RE, "table"),
+    }
+
+
+# --- data contract and row transforms (docs/contract.md) ---------------------------------------
+
+SCHEMA_POLICIES: Final = ("report", "fail")
+_SECRET_NAME_RE = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+
+
+def _row_columns(raw: str) -> dict[str, tuple[str, ...]]:
+    """``ROW_COLUMNS``: a JSON object of TableName -> list of column names (names may hold commas)."""
+    if not raw.strip():
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise ConfigError('ROW_COLUMNS must be a JSON object such as {"<TableName>": ["<column>", ...]}') from None
+    if not isinstance(doc, dict) or not all(
+        isinstance(v, list) and v and all(isinstance(c, str) and c for c in v) for v in doc.values()
+    ):
+        raise ConfigError("ROW_COLUMNS must map each TableName to a non-empty list of column names")
+    allowlists = {str(k): tuple(dict.fromkeys(v)) for k, v in doc.items()}
+    from .transforms import check_allowlists
+
+    problems = check_allowlists(allowlists)
+    if problems:
+        raise ConfigError("ROW_COLUMNS names columns the dataset does not have: " + "; ".join(problems))
+    return allowlists
+
+
+def _contract_settings(e: Mapping[str, str]) -> dict[str, Any]:
+    """The contract and transform settings, validated (a bad one is a ConfigError at start)."""
+    policy = e.get("SCHEMA_POLICY", "report").strip().lower()
+    if policy not in SCHEMA_POLICIES:
+        raise ConfigError(f"SCHEMA_POLICY must be report or fail, not {policy!r}")
+    secret_name = e.get("PSEUDONYM_SECRET_NAME", Settings.pseudonym_secret_name).strip()
+    if not _SECRET_NAME_RE.match(secret_name):
+        raise ConfigError(f"PSEUDONYM_SECRET_NAME={secret_name!r} is not a valid Key Vault secret name")
+    return {
+        "schema_check": _bool("SCHEMA_CHECK", e.get("SCHEMA_CHECK", "true")),
+        "schema_policy": policy,
+        "schema_check_every": _int("SCHEMA_CHECK_EVERY", e.get("SCHEMA_CHECK_EVERY", "256"), minimum=1),
+        "typed_rows": _bool("TYPED_ROWS", e.get("TYPED_ROWS", "false")),
+        "row_columns": _row_columns(e.get("ROW_COLUMNS", "")),
+        "pseudonymise": _bool("PSEUDONYMISE", e.get("PSEUDONYMISE", "false")),
+        "pseudonym_secret_name": secret_name,
     }

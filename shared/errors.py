@@ -109,3 +109,13 @@ class TransientError(VivaRelayError):
 
 class LeaseLost(VivaRelayError):
     """Another worker took over the drop (our lease expired); stop without sending more."""
+
+
+class SchemaViolation(DropError):
+    """The rows do not fit the dataset's contract and ``SCHEMA_POLICY=fail`` (the report says how)."""
+
+    code = "schema"
+
+    def __init__(self, reason: str, report: dict[str, object] | None = None) -> None:
+        super().__init__(reason)
+        self.report = report

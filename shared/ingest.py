@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from . import rowplan
 from .bytepath import RowValidator, decode_rows
+from .contract import CheckingValidator, ContractCheck
 from .errors import (
     BadRow,
     DropError,
@@ -25,6 +27,7 @@ from .errors import (
     MetadataNotReady,
     NoDataFiles,
     RowCountMismatch,
+    SchemaViolation,
     TenantMismatch,
     TransientError,
 )
@@ -38,6 +41,7 @@ from .runtime import Runtime
 from .sinks import QueueSink, RowSink
 from .sources import BlobDropSource, DropSource
 from .tables import as_utc
+from .transforms import RowStage
 
 log = logging.getLogger("viva_relay")
 
@@ -57,6 +61,7 @@ class StreamStats:
     seconds: float = 0.0
     algorithm: str = ""
     key_version: str = ""
+    schema: dict[str, Any] | None = None  # the contract check's report (None when it was off)
 
     @property
     def mb_per_s(self) -> float:
@@ -126,11 +131,14 @@ def stream_drop(
     *,
     progress: Callable[[int], None] | None = None,
     file_key: FileKey | None = None,
+    check: ContractCheck | None = None,
+    stages: Sequence[RowStage] = (),
 ) -> StreamStats:
     """Unwrap the key, stream every data file through the byte path into ``sink``, check the count.
 
     The completion (``sink.finish``) is only sent once every gzip stream ended with a valid CRC
-    and the row count matches ``NumberOfRowsExtracted``.
+    and the row count matches ``NumberOfRowsExtracted``. ``check`` observes every row (its report
+    goes into the completion's ``schema`` section); ``stages`` transform rows before the sink.
     """
     started = time.perf_counter()
     if metadata.key is None:
@@ -142,13 +150,16 @@ def stream_drop(
     stats = StreamStats(algorithm=file_key.algorithm, key_version=file_key.key_version)
     files = source.data_files_or_fail(metadata.rows_expected)
     stats.data_files = len(files)
-    validator = RowValidator()
+    validator = RowValidator() if check is None else CheckingValidator(check)
     for data_file in files:
         stats.ciphertext_bytes += data_file.size
         try:
             for rows in decode_rows(source.open_chunks(data_file), file_key.key, file_key.iv, validator=validator):
                 stats.plaintext_bytes += sum(map(len, rows)) + len(rows)
-                sink.write(rows)
+                out = rows
+                for stage in stages:
+                    out = stage.process(out)
+                sink.write(out)
                 if progress is not None:
                     progress(validator.rows)
         except (IntegrityError, BadRow) as exc:
@@ -158,10 +169,24 @@ def stream_drop(
     expected = metadata.rows_expected
     if expected is not None and expected != stats.rows:
         raise RowCountMismatch(f"the data holds {stats.rows} rows but NumberOfRowsExtracted is {expected}")
+    summary = completion_summary(metadata, source.location, stats)
+    if check is not None:
+        stats.schema = schema_verdict(check, stages)
+        summary["schema"] = stats.schema
     stats.seconds = time.perf_counter() - started
-    sink.finish(completion_summary(metadata, source.location, stats))
+    sink.finish(summary)
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def schema_verdict(check: ContractCheck, stages: Sequence[RowStage] = ()) -> dict[str, Any]:
+    """The drop's schema report; SchemaViolation (before any completion) under SCHEMA_POLICY=fail."""
+    check.extra_findings = [f for stage in stages for f in stage.findings()]
+    report = check.report()
+    if report["drift"] and check.policy == "fail":
+        kinds = ", ".join(sorted({str(f["check"]) for f in report["findings"]}))
+        raise SchemaViolation(f"the rows do not fit the contract of {check.table} ({kinds}); see SchemaReport", report)
+    return report
 
 
 def _metadata_columns(md: DropMetadata) -> dict[str, Any]:
@@ -311,6 +336,8 @@ def ingest_drop(
     except DropError as exc:
         return _fail(rt, location, tenant, exc, None, details)
 
+    # Before the drop is touched: a missing pseudonymisation secret is a configuration error.
+    row_settings = rowplan.settings_now(rt, md.table_name)
     owner = owner or new_owner_id()
     claim = rt.ledger.claim(location, tenant, owner, settings.drop_lease_seconds, details=details)
     if not claim.claimed:
@@ -335,13 +362,19 @@ def ingest_drop(
         # checkpoint are re-sent identically.)
         encoding = str(fresh.props.get("Encoding") or settings.message_encoding)
         queue_name = str(fresh.props.get("Queue") or settings.downstream_queue)
+        recorded = rowplan.recorded_or(fresh.props, row_settings)
         # Renew the lease now: the send guard below counts from this moment.
         fresh = rt.ledger.heartbeat(
             fresh,
             resume_from,
             int(fresh.props.get("CheckpointRows", 0)),
             settings.drop_lease_seconds,
-            extra={"Encoding": encoding, "Queue": queue_name, "PackerVersion": CONTRACT_VERSION},
+            extra={
+                "Encoding": encoding,
+                "Queue": queue_name,
+                "PackerVersion": CONTRACT_VERSION,
+                rowplan.RECORDED: recorded.to_json(),
+            },
         )
         record = fresh
         envelope = Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name)
@@ -361,8 +394,11 @@ def ingest_drop(
                 before_put=checkpointer.guard,
             )
         checkpointer.sink = sink
+        plan = rowplan.plan_for(rt, md, recorded)
         try:
-            stats = stream_drop(source, md, rt.unwrapper, sink, progress=checkpointer)
+            stats = stream_drop(
+                source, md, rt.unwrapper, sink, progress=checkpointer, check=plan.check, stages=plan.stages
+            )
         finally:
             record = checkpointer.record
             sink.close()
@@ -385,7 +421,8 @@ def ingest_drop(
                 "MBps": round(stats.mb_per_s, 1),
                 "Encoding": encoding,
                 "ResumedFromSeq": resume_from,
-            },
+            }
+            | rowplan.schema_columns(stats.schema),
         )
         if settings.delete_after_delivery:
             # The immediate cleanup pass; best effort: the daily cleanup timer retries a failure.
@@ -428,7 +465,8 @@ def ingest_drop(
         return IngestOutcome("waiting", location.drop_id, tenant, exc.reason, exc.code)
     except DropError as exc:
         _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), exc)
-        return _fail(rt, location, tenant, exc, record)
+        report = exc.report if isinstance(exc, SchemaViolation) else None
+        return _fail(rt, location, tenant, exc, record, rowplan.schema_columns(report) or None)
     except LeaseLost as exc:
         log.warning("drop %s: %s", location.drop_id, exc)
         return IngestOutcome("skipped", location.drop_id, tenant, str(exc))

@@ -8,6 +8,7 @@ trigger would. The move is ETag-guarded and refused while cleanup is deleting th
 
 from __future__ import annotations
 
+from . import rowplan
 from .ingest import IngestOutcome, ingest_metadata_blob
 from .ledger import FAILED, WAITING
 from .runtime import Runtime
@@ -50,4 +51,5 @@ def reprocess_drop(rt: Runtime, drop_id: str) -> IngestOutcome:
         state = fresh.state if fresh else "gone"
         busy = " and cleanup is deleting it" if fresh is not None and fresh.props.get("DeletingOwner") else ""
         return IngestOutcome(REFUSED, drop_id, record.tenant, reason=f"the drop is {state}{busy}; left alone")
+    rowplan.adopt_current_policy(rt, rt.ledger.find(drop_id) or record)
     return ingest_metadata_blob(rt, location.container, location.metadata_path)

@@ -31,6 +31,8 @@ from .ledger import TableDropLedger
 if TYPE_CHECKING:
     from azure.mgmt.datafactory import DataFactoryManagementClient
 
+    from .transforms import Pseudonymiser
+
 
 #: Development setting: a fixed bearer token for the local HTTPS stand-ins. The app never honours it itself:
 #: only a development credential factory (devtools/testtoken.py, installed by the CLI and the tests) does.
@@ -236,6 +238,23 @@ class Runtime:
             return source.unwrapper(where, s.unwrap_algorithms, None, {})
         options = keyvault_client_options(s.env, where) | self.keyvault_kwargs
         return source.unwrapper(where, s.unwrap_algorithms, self.credential, options)
+
+    def pseudonymiser(self, version: str = "") -> Pseudonymiser:
+        """The pseudonymiser of the partner secret (its current version, or ``version``), cached."""
+        from .partner_secret import load_pseudonymiser
+
+        with self._lock:
+            cache: dict[str, Pseudonymiser] = self.__dict__.setdefault("_pseudonymisers", {})
+            if version in cache:
+                return cache[version]
+        s = self.settings
+        folder = s.key_source == "folder"
+        options = {} if folder else keyvault_client_options(s.env, s.key_vault_url) | self.keyvault_kwargs
+        credential = None if folder else self.credential
+        found = load_pseudonymiser(s, credential, version=version, options=options)
+        with self._lock:
+            cache[version] = cache[found.version] = found
+        return found
 
     def datafactory(self, subscription_id: str) -> DataFactoryManagementClient:
         """A Data Factory (ARM) client for ``subscription_id``, built once per subscription.

@@ -13,7 +13,8 @@ from devtools.bench import ROOT
 from devtools.simulate import generate_rows
 
 SUMMARY = re.compile(
-    r"^bench: ratio_to_floor=(\d+\.\d\d) packed_ratio_to_floor=(\d+\.\d\d) peak_rss_mib=(\d+(?:\.\d+)?) rows=(\d+)$"
+    r"^bench: ratio_to_floor=(\d+\.\d\d) packed_ratio_to_floor=(\d+\.\d\d) peak_rss_mib=(\d+(?:\.\d+)?) rows=(\d+)"
+    r" contract_ratio_to_floor=(\d+\.\d\d) transform_ratio_to_floor=(\d+\.\d\d)$"
 )
 VARIANTS = (
     "floor",
@@ -22,6 +23,8 @@ VARIANTS = (
     "packed-json",
     "packed-base64",
     "packed-gzip-base64",
+    "contract",
+    "transformed",
 )
 
 
@@ -44,14 +47,16 @@ def test_a_small_benchmark_run_prints_every_variant_and_the_summary(tmp_path: Pa
     lines = done.stdout.strip().splitlines()
     summary = SUMMARY.match(lines[-1])
     assert summary, lines[-1]
-    ratio, packed_ratio, peak_rss, rows = summary.groups()
+    ratio, packed_ratio, peak_rss, rows, contract_ratio, transform_ratio = summary.groups()
     assert int(rows) == sum(1 for _ in generate_rows(size=2_000_000))
     assert float(ratio) > 0 and float(packed_ratio) > 0 and 0 < float(peak_rss) < 1024
+    assert float(contract_ratio) > 0 and float(transform_ratio) > 0
 
     table = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in VARIANTS}
     assert set(table) == set(VARIANTS)
     # Packed variants say how many messages they made; the others have none.
-    assert all(table[v][4].isdigit() and int(table[v][4]) > 0 for v in VARIANTS if v.startswith("packed-"))
+    packed = [v for v in VARIANTS if v.startswith("packed-") or v == "transformed"]
+    assert all(table[v][4].isdigit() and int(table[v][4]) > 0 for v in packed)
     assert int(table["packed-gzip-base64"][4]) * 3 < int(table["packed-json"][4])
 
     # The drop's file key stays in a private file and is never printed.

@@ -109,6 +109,24 @@ def _reason(record: DropRecord) -> str:
     return str(p.get("Reason") or p.get("CleanupNote") or p.get("DeleteReason") or "")
 
 
+def _drift(record: DropRecord) -> bool | None:
+    """Whether the drop's rows drifted from the dataset's contract (None: not checked)."""
+    value = record.props.get("SchemaDrift")
+    return None if value is None else bool(value)
+
+
+def _drift_note(record: DropRecord) -> str:
+    """'schema drift: <checks>' for a drop whose rows drifted (the reason column of ``drops list``)."""
+    if not _drift(record):
+        return ""
+    try:
+        findings = json.loads(str(record.props.get("SchemaReport") or "{}")).get("findings", [])
+    except ValueError:
+        findings = []
+    checks = sorted({str(f.get("check")) for f in findings if isinstance(f, dict)})
+    return "schema drift: " + ", ".join(checks) if checks else "schema drift"
+
+
 def list_command(args: argparse.Namespace) -> int:
     """Print the drops as a table (or JSON)."""
     rt = common.runtime_from(args)
@@ -122,7 +140,7 @@ def list_command(args: argparse.Namespace) -> int:
             "rows": r.props.get("Rows", ""),
             "messages": r.props.get("Messages", ""),
             "first seen": _short_time(r.props.get("FirstSeen")),
-            "reason": _shorten(_reason(r)),
+            "reason": _shorten(_reason(r) or _drift_note(r)),
         }
         for r in records
     ]
@@ -141,6 +159,7 @@ def list_command(args: argparse.Namespace) -> int:
                 "reason_code": r.props.get("ReasonCode") or None,
                 "reason": _reason(r) or None,
                 "location": r.location.url_path,
+                "schema_drift": _drift(r),
             }
             for r in records
         ]
@@ -162,6 +181,9 @@ def show_command(args: argparse.Namespace) -> int:
         "state": _state(record),
         "location": record.location.url_path,
     } | {key: _text(record.props[key]) for key in sorted(record.props) if record.props[key] is not None}
+    for key in ("SchemaReport", "RowSettings"):  # JSON held as text: shown as JSON
+        if isinstance(doc.get(key), str):
+            doc[key] = json.loads(doc[key])
     print(json.dumps(doc, indent=2, default=str))
     return common.EXIT_OK
 

@@ -1,0 +1,445 @@
+"""Opt-in row transforms, the row stage between the line splitter and the packer.
+
+``lines -> RowStage* -> packer``. Off by default (rows pass exactly as MGDC wrote them); per
+deployment, a drop's rows can be
+
+* minimised: ``ROW_COLUMNS`` keeps only the listed columns of a table (everything else is dropped
+  before the queue);
+* typed: numbers become JSON numbers, booleans booleans and dates ISO-8601 UTC, following the
+  dataset's contract (a value that cannot be converted stays as it was and is reported, or fails the
+  drop under ``SCHEMA_POLICY=fail``);
+* pseudonymised: the person identifiers (the contract's ``IdentifierColumns``) are replaced by
+  HMAC-SHA256 under a partner secret (:class:`Pseudonymiser`), stable across weeks and tenants.
+
+What is in force is a :class:`RowSettings`, recorded on the drop at its first attempt; a resume
+uses the recorded one, so it packs exactly as before. See docs/contract.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import operator
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC
+from typing import Any
+
+import simdjson
+
+from .contract import MAX_EXAMPLES, Contract, contract_for, parse_datetime
+from .errors import SchemaViolation
+
+
+class RowStage(ABC):
+    """One step between the line splitter and the packer: rows in, rows out, in order."""
+
+    @abstractmethod
+    def process(self, rows: list[bytes]) -> list[bytes]:
+        """Transform one batch of rows (deterministic: the same rows always give the same output)."""
+
+    def findings(self) -> list[dict[str, Any]]:
+        """What the stage has to add to the drop's schema report."""
+        return []
+
+
+@dataclass(frozen=True)
+class RowSettings:
+    """The row settings in force for one drop (recorded on the drop as JSON)."""
+
+    policy: str = "report"
+    check: bool = True
+    check_every: int = 256
+    typed: bool = False
+    columns: tuple[str, ...] = ()  # the allowlist of this drop's table; () keeps every column
+    pseudonymise: bool = False
+    secret_name: str = ""
+    secret_version: str = ""
+
+    @property
+    def transforms(self) -> bool:
+        """True when any transform changes rows."""
+        return self.typed or bool(self.columns) or self.pseudonymise
+
+    def to_json(self) -> str:
+        """The form stored on the drop."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> RowSettings:
+        """Read the recorded form back."""
+        doc = json.loads(text)
+        doc["columns"] = tuple(doc.get("columns") or ())
+        return cls(**doc)
+
+
+#: Entries of a value cache (pseudonyms, dates): about 250 bytes each at most, so a few MiB.
+CACHE_LIMIT = 20_000
+
+
+class Pseudonymiser:
+    """HMAC-SHA256 of an identifier under the partner secret, as 64 hex characters.
+
+    Identifiers are trimmed and lower-cased first (object ids, mail addresses and UPNs compare
+    without case), so the same person gives the same pseudonym in every drop, week and tenant.
+    """
+
+    def __init__(self, secret: bytes, version: str) -> None:
+        if len(secret) < 16:
+            raise ValueError("the pseudonymisation secret must hold at least 16 bytes")
+        self._secret = secret
+        self.version = version
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, value: str) -> str:
+        """The pseudonym of ``value``."""
+        done = self._cache.get(value)
+        if done is None:
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()  # bounded memory (rows come grouped by person, so hits stay high)
+            digest = hmac.digest(self._secret, value.strip().lower().encode("utf-8"), hashlib.sha256)
+            done = self._cache[value] = digest.hex()
+        return done
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """A version label for a secret that has none (the key folder): says which secret, reveals nothing."""
+    return "sha256:" + hmac.digest(secret, b"viva-relay pseudonym secret version", hashlib.sha256).hex()[:16]
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+#: The C encoder, made once: ``json.dumps`` and ``JSONEncoder.encode`` build one per call, which costs
+#: more than encoding a small row. Rows hold no cycles, so no cycle check (``markers=None``).
+_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER = (
+    None
+    if _MAKE_ENCODER is None
+    else _MAKE_ENCODER(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+)
+
+
+def _encode(row: dict[str, Any]) -> str:
+    """A row as compact JSON text (UTF-8 kept, NaN refused)."""
+    if _C_ENCODER is None:
+        return _ENCODER.encode(row)
+    return "".join(_C_ENCODER(row, 0))
+
+
+_BOOLEANS = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "1": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+    "0": False,
+}
+_MISSING = object()
+#: A column's value -> its JSON text in the output row, or _MISSING when the value does not fit.
+Emitter = Callable[[Any], Any]
+_quote = json.encoder.encode_basestring  # C speed; keeps UTF-8 as is
+_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_JSON_NUMBER = re.compile(_NUMBER).fullmatch
+#: Many numbers at once, one a line: one regex pass over a column instead of a call per value.
+_JSON_NUMBERS = re.compile(f"(?:{_NUMBER}\n)*{_NUMBER}").fullmatch
+_BOOLEAN_JSON: dict[Any, str] = {k: "true" if v else "false" for k, v in _BOOLEANS.items()}
+_BOOLEAN_JSON.update({True: "true", False: "false"})  # also the ints 1 and 0, which hash alike
+
+
+def _as_json(value: Any) -> str:
+    """A value left as it came, as JSON text."""
+    kind = type(value)
+    if kind is str:
+        return _quote(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    if value is None:
+        return "null"
+    return _encode(_plain(value))
+
+
+def _double_json(value: Any) -> Any:
+    """A number as a JSON number: a string already spelled as one is kept as it is (no float round
+    trip); any other numeric string is written as the shortest float that reads back the same."""
+    kind = type(value)
+    if kind is str:
+        if _JSON_NUMBER(value):
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            return _MISSING
+        return float.__repr__(number) if math.isfinite(number) and "_" not in value else _MISSING
+    if kind is float:
+        return float.__repr__(value) if math.isfinite(value) else _MISSING
+    if kind is int:
+        return int.__repr__(value)
+    return _MISSING
+
+
+def _boolean_json(value: Any) -> Any:
+    if type(value) not in (str, bool, int):
+        return _MISSING
+    return _BOOLEAN_JSON.get(value, _MISSING)
+
+
+def _datetime_json() -> Emitter:
+    cache: dict[str, str] = {}
+
+    def emit(value: Any) -> Any:
+        if type(value) is not str:
+            return _MISSING
+        done = cache.get(value)
+        if done is None:
+            when = parse_datetime(value)
+            if when is None:
+                return _MISSING
+            done = _quote(when.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+            if len(cache) < CACHE_LIMIT:
+                cache[value] = done
+        return done
+
+    return emit
+
+
+@dataclass
+class _Unconverted:
+    count: int = 0
+    rows: list[int] = field(default_factory=list)
+
+
+_CONTAINERS = (simdjson.Object, simdjson.Array)
+_CONTAINER_SET = frozenset(_CONTAINERS)
+
+
+def _plain(value: Any) -> Any:
+    """A simdjson container as plain Python (what the encoder takes)."""
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
+class RowTransformer(RowStage):
+    """Applies the allowlist, typed values and pseudonyms to each row, written out as compact JSON.
+
+    Each column gets one emitter, made once, that writes its value's JSON text: a quoted pseudonym
+    for identifiers, the typed form for contract columns when ``typed`` is on, the value as it came
+    otherwise. Rows are assembled from those texts (no per-row encoder).
+    """
+
+    def __init__(
+        self,
+        table: str,
+        settings: RowSettings,
+        pseudonymiser: Pseudonymiser | None = None,
+        contract: Contract | None = None,
+    ) -> None:
+        self.settings = settings
+        self.contract = contract if contract is not None else contract_for(table)
+        if settings.pseudonymise and pseudonymiser is None:
+            raise ValueError("pseudonymisation needs the partner secret")
+        self._pseudonym = pseudonymiser
+        self._identifiers = frozenset(self.contract.identifier_columns if self.contract else ())
+        self._parser = simdjson.Parser()
+        self._rows = 0
+        self._unconverted: dict[str, _Unconverted] = {}
+        self._emitters: dict[str, tuple[str, Emitter]] = {}
+        self._plan: list[tuple[str, str, Emitter]] = [(n, *self._emitter(n)) for n in settings.columns]
+        self._pick = operator.itemgetter(*settings.columns) if settings.columns else None
+        #: Columns whose texts are worth caching (identifiers, dates): value -> JSON text.
+        self._texts: dict[str, dict[str, str]] = {
+            name: {} for name, _, emit in self._plan if emit not in (_as_json, _double_json, _boolean_json)
+        }
+
+    def _emitter(self, name: str) -> tuple[str, Emitter]:
+        """The column's ``"name":`` prefix and its emitter."""
+        known = self._emitters.get(name)
+        if known is not None:
+            return known
+        emit: Emitter = _as_json
+        if name in self._identifiers and self._pseudonym is not None:
+            pseudonym = self._pseudonym
+
+            def emit(value: Any) -> Any:
+                return '"' + pseudonym(value if type(value) is str else _encode(_plain(value))) + '"'
+
+        elif self.settings.typed and self.contract is not None:
+            kind = self.contract.type_of(name)
+            if kind == "double":
+                emit = _double_json
+            elif kind == "boolean":
+                emit = _boolean_json
+            elif kind == "datetime":
+                emit = _datetime_json()
+        made = self._emitters[name] = (_quote(name) + ":", emit)
+        return made
+
+    def _unconvertible(self, name: str, index: int) -> None:
+        miss = self._unconverted.setdefault(name, _Unconverted())
+        miss.count += 1
+        if len(miss.rows) < MAX_EXAMPLES:
+            miss.rows.append(index)
+        if self.settings.policy == "fail":
+            raise SchemaViolation(f"row {index + 1}: column {name!r} cannot be converted to its contract type")
+
+    def _text(self, name: str, emit: Emitter, value: Any, index: int) -> str:
+        if value is None:
+            return "null"
+        text = emit(value)
+        if text is _MISSING:
+            self._unconvertible(name, index)
+            return _as_json(value)
+        return str(text)
+
+    def _whole_row(self, line: bytes, index: int) -> bytes:
+        parts = []
+        for name, value in json.loads(line).items():
+            prefix, emit = self._emitter(name)
+            parts.append(prefix + self._text(name, emit, value, index))
+        return ("{" + ",".join(parts) + "}").encode("utf-8")
+
+    def _one(self, line: bytes, index: int) -> bytes:
+        if not self._plan:
+            return self._whole_row(line, index)
+        # Only the kept columns are read, lazily (a lookup of an absent key is slow in simdjson, so
+        # presence is learnt from KeyError).
+        doc: Any = self._parser.parse(line)
+        parts = []
+        try:
+            for name, prefix, emit in self._plan:
+                try:
+                    value = doc[name]
+                except KeyError:
+                    continue
+                if value is None:
+                    parts.append(prefix + "null")
+                    continue
+                text = emit(value)
+                if text is _MISSING:
+                    self._unconvertible(name, index)
+                    text = _as_json(value)
+                parts.append(prefix + text)
+        finally:
+            del doc
+        return ("{" + ",".join(parts) + "}").encode("utf-8")
+
+    def process(self, rows: list[bytes]) -> list[bytes]:
+        """Transform every row of the batch."""
+        start = self._rows
+        self._rows += len(rows)
+        if self._plan and rows:
+            done = self._by_columns(rows, start)
+            if done is not None:
+                return done
+        one = self._one
+        return [one(line, start + i) for i, line in enumerate(rows)]
+
+    def _by_columns(self, rows: list[bytes], start: int) -> list[bytes] | None:
+        """The allowlist path a column at a time: C-speed maps over each column's values.
+
+        None when a row lacks a kept column (the row-by-row path handles that batch).
+        """
+        parse = self._parser.parse
+        many = len(self._plan) > 1
+        pick = self._pick
+        assert pick is not None
+        picked = []
+        try:
+            for line in rows:
+                doc: Any = parse(line)
+                try:
+                    values = pick(doc)
+                    if not _CONTAINER_SET.isdisjoint(map(type, values if many else (values,))):
+                        # Nested values must not outlive the parser's next row: plain copies.
+                        values = tuple(map(_plain, values)) if many else _plain(values)
+                    picked.append(values)
+                finally:
+                    del doc
+        except KeyError:
+            return None
+        if len(self._plan) == 1:
+            picked = [(v,) for v in picked]
+        columns = []
+        for (name, prefix, emit), values in zip(self._plan, zip(*picked, strict=True), strict=True):
+            texts = self._column_texts(name, emit, values, start)
+            columns.append(list(map(prefix.__add__, texts)))
+        return [b"{" + row.encode("utf-8") + b"}" for row in map(",".join, zip(*columns, strict=True))]
+
+    def _column_texts(self, name: str, emit: Emitter, values: tuple[Any, ...], start: int) -> list[str]:
+        """Every value of one column as JSON text; the common cases without a Python call per value."""
+        kinds = set(map(type, values))
+        if emit is _double_json and kinds == {str} and _JSON_NUMBERS("\n".join(values)):
+            return list(values)  # numeric strings already spelled as JSON numbers
+        if emit is _as_json and kinds == {str}:
+            return list(map(_quote, values))
+        if emit is _boolean_json and kinds == {bool}:
+            return ["true" if v else "false" for v in values]
+        cache = self._texts.get(name)
+        if cache is not None and kinds == {str}:
+            # Pseudonyms and dates repeat (a person's weeks, a drop's few dates): look them up a
+            # column at a time, and compute only the values not seen yet.
+            texts: list[Any] = list(map(cache.get, values))
+            if None in texts:
+                for i, value in enumerate(values):
+                    if texts[i] is None:
+                        text = emit(value)
+                        if text is _MISSING:
+                            self._unconvertible(name, start + i)
+                            text = _as_json(value)
+                        elif len(cache) < CACHE_LIMIT:
+                            cache[value] = text
+                        texts[i] = text
+            return texts
+        out = []
+        for i, value in enumerate(values):
+            if value is None:
+                out.append("null")
+                continue
+            text = emit(value)
+            if text is _MISSING:
+                self._unconvertible(name, start + i)
+                text = _as_json(value)
+            out.append(text)
+        return out
+
+    def findings(self) -> list[dict[str, Any]]:
+        """Values the typed transform left as they were."""
+        return [
+            {
+                "check": "not_converted",
+                "column": name,
+                "count": miss.count,
+                "examples": [{"row": r} for r in miss.rows],
+            }
+            for name, miss in self._unconverted.items()
+        ]
+
+
+def row_columns_for(table: str, allowlists: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The allowlist of ``table`` (() when the table has none)."""
+    return tuple(allowlists.get(table, ()))
+
+
+def check_allowlists(allowlists: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """Problems with ``ROW_COLUMNS`` against the shipped contracts (empty when it is fine)."""
+    problems = []
+    for table, columns in allowlists.items():
+        contract = contract_for(table)
+        if contract is None:
+            continue  # a table without a contract: its names cannot be checked
+        known = contract.names()
+        unknown = [c for c in columns if c not in known]
+        if unknown:
+            problems.append(f"{table}: unknown columns {unknown}")
+    return problems

@@ -1,0 +1,70 @@
+"""The row transformer on its own: both paths (a column at a time, row by row) give the same rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from shared.errors import SchemaViolation
+from shared.transforms import Pseudonymiser, RowSettings, RowTransformer
+
+PERSON_REPORT = "VivaInsightsDataset_PersonReport_v1"
+SECRET = b"a test secret of at least thirty-two bytes"
+
+
+def run(rows: list[dict[str, Any]], **settings: Any) -> tuple[list[dict[str, Any]], RowTransformer]:
+    transformer = RowTransformer(PERSON_REPORT, RowSettings(**settings), Pseudonymiser(SECRET, "v1"))
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in rows]
+    out = transformer.process(lines[:3]) + transformer.process(lines[3:])
+    return [json.loads(line) for line in out], transformer
+
+
+def test_typed_numbers_booleans_dates_and_what_cannot_be_converted() -> None:
+    rows: list[dict[str, Any]] = [
+        {"PersonId": "A-1", "MetricDate": "2025-03-02", "IsActive": "true", "Email hours": "12.50", "Meetings": "7"},
+        {"PersonId": "a-1", "MetricDate": "2025-03-09T02:00:00+02:00", "IsActive": False, "Email hours": "+1"},
+        {"PersonId": None, "MetricDate": None, "IsActive": "1", "Email hours": ".5", "Meetings": 3},
+        {"PersonId": "b", "MetricDate": "never", "IsActive": "maybe", "Email hours": "n/a", "Meetings": "007"},
+        {
+            "PersonId": "c",
+            "MetricDate": "2025-03-16T00:00:00Z",
+            "IsActive": True,
+            "Email hours": 2.25,
+            "Meetings": "1e3",
+        },
+    ]
+    columns = ("PersonId", "MetricDate", "IsActive", "Email hours", "Meetings")
+    for kept in ((), columns):
+        out, transformer = run(rows, typed=True, columns=kept, pseudonymise=True)
+        pseudonym = Pseudonymiser(SECRET, "")
+        assert out[0] == {
+            "PersonId": pseudonym("A-1"),
+            "MetricDate": "2025-03-02T00:00:00Z",
+            "IsActive": True,
+            "Email hours": 12.5,
+            "Meetings": 7,
+        }
+        assert out[1]["PersonId"] == out[0]["PersonId"]  # case-folded: the same person
+        assert out[1]["MetricDate"] == "2025-03-09T00:00:00Z" and out[1]["Email hours"] == 1.0
+        assert out[1].get("Meetings") is None and "Meetings" not in out[1]  # absent stays absent
+        assert out[2] == {"PersonId": None, "MetricDate": None, "IsActive": True, "Email hours": 0.5, "Meetings": 3}
+        assert out[3]["MetricDate"] == "never" and out[3]["IsActive"] == "maybe" and out[3]["Email hours"] == "n/a"
+        assert out[3]["Meetings"] == 7.0 and out[4]["Meetings"] == 1000.0 and out[4]["Email hours"] == 2.25
+        missed = {f["column"]: f for f in transformer.findings()}
+        assert set(missed) == {"MetricDate", "IsActive", "Email hours"}
+        assert missed["Email hours"] == {"check": "not_converted", "column": "Email hours", "count": 1,
+                                         "examples": [{"row": 3}]}  # fmt: skip
+
+
+def test_the_allowlist_keeps_order_nested_values_and_text_as_is() -> None:
+    rows = [{"z": 1, "Name, with comma": 'Zoë "Q"', "nested": {"a": [1, 2]}, "drop me": "x"} for _ in range(5)]
+    out, _ = run(rows, columns=("nested", "Name, with comma"))
+    assert out == [{"nested": {"a": [1, 2]}, "Name, with comma": 'Zoë "Q"'}] * 5
+
+
+def test_fail_policy_stops_at_the_first_value_that_cannot_be_converted() -> None:
+    rows = [{"Email hours": "1"}, {"Email hours": "lots"}]
+    with pytest.raises(SchemaViolation, match="row 2"):
+        run(rows * 3, typed=True, columns=("Email hours",), policy="fail")
