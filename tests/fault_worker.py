@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 
 from shared.config import Settings
+from shared.delivery import AsyncQueueSink
 from shared.ingest import ingest_metadata_blob
 from shared.messages import Message
 from shared.runtime import Runtime
 from shared.sinks import QueueSink
 
 _send = QueueSink._send
+_send_async = AsyncQueueSink._send_async
 
 
 def _traced_send(self: QueueSink, message: Message) -> None:
@@ -22,8 +24,14 @@ def _traced_send(self: QueueSink, message: Message) -> None:
     _send(self, message)
 
 
+async def _traced_send_async(self: AsyncQueueSink, message: Message) -> None:
+    print(f"PUT {message.seq}", flush=True)
+    await _send_async(self, message)
+
+
 def main() -> int:
     QueueSink._send = _traced_send  # type: ignore[method-assign]
+    AsyncQueueSink._send_async = _traced_send_async  # type: ignore[method-assign]
     container, blob = sys.argv[1], sys.argv[2]
     outcome = ingest_metadata_blob(Runtime(Settings.from_env()), container, blob)
     print(f"OUTCOME {outcome.status} {outcome.reason}", flush=True)
