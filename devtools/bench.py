@@ -10,7 +10,7 @@ and measures, each in a fresh process so that peak RSS belongs to one variant al
   the summary's packed path);
 - ``azurite``: a smaller drop delivered into a real Azurite queue with the default put concurrency,
   with our CPU time and Azurite's, to say which side limits delivery; the shipped path and the
-  one before it (``-before``: inline packing, the SDK's ``send_message`` on threads), interleaved.
+  one before it (``-before``: the SDK's ``send_message`` on threads), interleaved.
 
 The last line printed is the summary of the largest drop::
 
@@ -49,8 +49,10 @@ DROP_FORMAT = 1
 SUMMARY_FORMAT = "bench: ratio_to_floor={r:.2f} packed_ratio_to_floor={p:.2f} peak_rss_mib={m:.1f} rows={n}"
 #: Appended to the summary: our CPU per message delivered into Azurite by the shipped path.
 PUT_CPU_FORMAT = " put_cpu_ms={c}"
-#: Suffix of the variants that run the path before issue 17 (inline packing, SDK puts on threads).
+#: Suffix of the delivery variant that runs the path before (the SDK's ``send_message`` on threads).
 BEFORE = "-before"
+#: Suffix of the packed variant that packs on a thread of its own (``BackgroundPacking``, opt-in).
+THREAD = "-thread"
 
 
 @dataclass
@@ -278,22 +280,22 @@ def measure_decode(drop: BenchDrop) -> Result:
     return Result("decode", seconds, drop.plaintext_bytes, rows, _peak_rss_kib(), cpu_seconds=_cpu_seconds() - cpu)
 
 
-def measure_packed(drop: BenchDrop, encoding: str, *, before: bool = False) -> Result:
-    """The decode path plus message packing (counted, not sent): on the packer thread as shipped,
-    or inline in the decoding thread (``before``)."""
+def measure_packed(drop: BenchDrop, encoding: str, *, thread: bool = False) -> Result:
+    """The decode path plus message packing (counted, not sent): inline as shipped, or on a
+    packer thread of its own (``thread``)."""
     from shared.delivery import BackgroundPacking
     from shared.messages import Envelope
     from shared.sinks import CountingSink, RowSink
 
     sink = CountingSink(Envelope(BENCH_TENANT, "bench", "bench"), encoding)
-    outer: RowSink = sink if before else BackgroundPacking(sink)
+    outer: RowSink = BackgroundPacking(sink) if thread else sink
     cpu = _cpu_seconds()
     try:
         seconds, rows = _stream(drop, outer)
     finally:
         outer.close()
     return Result(
-        f"packed-{encoding}{BEFORE if before else ''}",
+        f"packed-{encoding}{THREAD if thread else ''}",
         seconds,
         drop.plaintext_bytes,
         rows,
@@ -335,8 +337,8 @@ def _process_cpu_seconds(pid: int) -> float:
 def measure_azurite(drop: BenchDrop, encoding: str, *, before: bool = False) -> Result:
     """Deliver the drop into a real Azurite queue with the default put concurrency.
 
-    The shipped path (lean async puts, packing on its own thread), or the one before (``before``:
-    the SDK's ``send_message`` on a thread pool, packing inline).
+    The shipped path (lean async puts on one event-loop thread), or the one before (``before``:
+    the SDK's ``send_message`` on a thread pool). Both pack inline.
     """
     import functools
 
@@ -398,8 +400,8 @@ def _measure_in_process(args: argparse.Namespace) -> None:
     elif variant == "naive":
         result = measure_naive(drop)
     elif variant.startswith("packed-"):
-        encoding = variant.removeprefix("packed-").removesuffix(BEFORE)
-        result = measure_packed(drop, encoding, before=variant.endswith(BEFORE))
+        encoding = variant.removeprefix("packed-").removesuffix(THREAD)
+        result = measure_packed(drop, encoding, thread=variant.endswith(THREAD))
     elif variant.startswith("azurite-"):
         encoding = variant.removeprefix("azurite-").removesuffix(BEFORE)
         result = measure_azurite(drop, encoding, before=variant.endswith(BEFORE))
@@ -447,8 +449,8 @@ def measure_size(
 ) -> dict[str, Result]:
     """Every variant on one drop; the repeated ones interleaved (so a busy moment hits them all)."""
     warm_page_cache(drop.data_file)
-    # The shipped encoding's packed path is measured twice: as shipped, and as before (inline).
-    variants = ["floor", "decode", f"packed-{encodings[0]}", f"packed-{encodings[0]}{BEFORE}"]
+    # The shipped encoding's packed path is measured twice: as shipped (inline), and on a thread.
+    variants = ["floor", "decode", f"packed-{encodings[0]}", f"packed-{encodings[0]}{THREAD}"]
     variants += [f"packed-{e}" for e in encodings[1:]]
     runs: dict[str, list[Result]] = {v: [] for v in variants}
     for round_no in range(repeat):

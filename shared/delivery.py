@@ -13,9 +13,12 @@ needs (see docs/performance.md for the profile):
 - :class:`AsyncQueueSink`: many puts in flight on one event-loop thread instead of a thread each.
   It is a :class:`~shared.sinks.QueueSink`: the same in-flight window, the same contiguous
   acknowledged watermark (the checkpoint), the same error mapping.
-- :class:`BackgroundPacking`: packs and compresses on a second thread while the caller decodes
-  (``isal`` releases the GIL while it compresses). The packer sees the same rows in the same
-  order, so messages and ``seq`` are exactly what inline packing gives.
+- :class:`BackgroundPacking` (opt-in, ``packing_thread=True``): packs and compresses on a second
+  thread while the caller decodes (``isal`` releases the GIL while it compresses). The packer sees
+  the same rows in the same order, so messages and ``seq`` are exactly what inline packing gives.
+  Not the default: on this project's busy 2-core benchmark machine it was slower and cost more CPU
+  than packing inline (docs/performance.md), and in delivery the put thread already uses the
+  second core.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from azure.storage.queue.aio import QueueClient as AsyncQueueClient
 from .messages import Envelope, Message
 from .sinks import PackedSink, QueueSink, RowSink
 
-#: ``async``: lean async puts with packing on its own thread (default); ``threads``: the SDK's
-#: ``send_message`` on a thread pool with inline packing (the path before; kept for comparison).
+#: ``async``: lean async puts on one event-loop thread (default); ``threads``: the SDK's
+#: ``send_message`` on a thread pool (the path before; kept for comparison).
 PUT_PATHS: Final = ("async", "threads")
 DEFAULT_PUT_PATH: Final = "async"
 #: Row batches the decoder may be ahead of the packer (each at most one inflated piece, 256 KiB).
@@ -267,11 +270,19 @@ def queue_sink(
     async_client: Callable[[], AsyncQueueClient],
     envelope: Envelope,
     encoding: str,
+    *,
+    packing_thread: bool = False,
     **kwargs: Any,
 ) -> RowSink:
-    """The delivery sink of ``path`` (see :data:`PUT_PATHS`); ``kwargs`` are :class:`QueueSink`'s."""
+    """The delivery sink of ``path`` (see :data:`PUT_PATHS`); ``kwargs`` are :class:`QueueSink`'s.
+
+    ``packing_thread`` packs on a thread of its own (:class:`BackgroundPacking`).
+    """
+    sink: PackedSink
     if path == "threads":
-        return QueueSink(sync_client, envelope, encoding, **kwargs)
-    if path != "async":
+        sink = QueueSink(sync_client, envelope, encoding, **kwargs)
+    elif path == "async":
+        sink = AsyncQueueSink(async_client(), envelope, encoding, **kwargs)
+    else:
         raise ValueError(f"unknown put path {path!r}; expected one of {', '.join(PUT_PATHS)}")
-    return BackgroundPacking(AsyncQueueSink(async_client(), envelope, encoding, **kwargs))
+    return BackgroundPacking(sink) if packing_thread else sink

@@ -48,12 +48,15 @@ def deliver(sink: RowSink, batches: list[list[bytes]]) -> RowSink:
     return sink
 
 
-def both_paths(azurite: Azurite, encoding: str, **kwargs: Any) -> dict[str, tuple[RowSink, QueueClient]]:
+def every_path(azurite: Azurite, encoding: str, **kwargs: Any) -> dict[str, tuple[RowSink, QueueClient]]:
+    """A sink of each put path, inline packing and on a packer thread, each with its own queue."""
     out = {}
     for path in delivery.PUT_PATHS:
-        queue = new_queue(azurite)
-        twin = functools.partial(delivery.async_twin, queue)
-        out[path] = (delivery.queue_sink(path, queue, twin, ENVELOPE, encoding, **kwargs), queue)
+        for thread in (False, True):
+            queue = new_queue(azurite)
+            twin = functools.partial(delivery.async_twin, queue)
+            sink = delivery.queue_sink(path, queue, twin, ENVELOPE, encoding, packing_thread=thread, **kwargs)
+            out[f"{path}{'-thread' if thread else ''}"] = (sink, queue)
     return out
 
 
@@ -63,7 +66,7 @@ def test_the_shipped_path_stores_exactly_the_messages_of_the_path_before(azurite
     rows[700:700] = MARKUP_ROWS
     batches = [rows[i : i + 97] for i in range(0, len(rows), 97)]
     results = {}
-    for path, (sink, queue) in both_paths(azurite, encoding, concurrency=3).items():
+    for path, (sink, queue) in every_path(azurite, encoding, concurrency=3).items():
         deliver(sink, batches)
         texts = stored(queue)
         results[path] = texts
@@ -73,7 +76,7 @@ def test_the_shipped_path_stores_exactly_the_messages_of_the_path_before(azurite
         assert sink.delivered_seq == completion["seq"] == len(texts) - 1
         assert sink.delivered_rows == len(rows)
         assert all(len(t) <= QUEUE_MESSAGE_LIMIT for t in texts)
-    assert results["async"] == results["threads"]
+    assert results["async"] == results["threads"] == results["async-thread"] == results["threads-thread"]
     delivered = [r for t in results["async"][:-1] for r in decode_message(t)["rows"]]
     assert delivered[700:740] == [json.loads(r) for r in MARKUP_ROWS]
 
@@ -112,7 +115,8 @@ def test_a_refused_put_is_a_transient_error_with_the_status(azurite: Azurite) ->
 
 def test_a_row_too_large_is_raised_on_the_decoding_thread_as_itself(azurite: Azurite) -> None:
     queue = new_queue(azurite)
-    sink = delivery.queue_sink("async", queue, functools.partial(delivery.async_twin, queue), ENVELOPE, "json")
+    twin = functools.partial(delivery.async_twin, queue)
+    sink = delivery.queue_sink("async", queue, twin, ENVELOPE, "json", packing_thread=True)
     huge = b'{"v":"' + b"x" * QUEUE_MESSAGE_LIMIT + b'"}'
     with pytest.raises(RowTooLarge, match="row 11"):
         deliver(sink, [list(generate_rows(10)), [huge], list(generate_rows(10))])
