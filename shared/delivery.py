@@ -33,7 +33,14 @@ from concurrent.futures import Future
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from azure.core.exceptions import HttpResponseError, map_error
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ResourceNotModifiedError,
+    map_error,
+)
 from azure.core.pipeline import AsyncPipeline
 from azure.core.rest import HttpRequest
 from azure.storage.queue.aio import QueueClient as AsyncQueueClient
@@ -50,8 +57,13 @@ DEFAULT_PUT_PATH: Final = "async"
 PACKING_BACKLOG = 2
 _XML_HEAD = b"<?xml version='1.0' encoding='utf8'?>\n<QueueMessage><MessageText>"
 _XML_TAIL = b"</MessageText></QueueMessage>"
-#: Status codes the generated operation maps to specific exceptions (``map_error``), kept here.
-_ERROR_MAP: Final[dict[int, Any]] = {}
+#: The statuses the SDK's generated ``send_message`` maps to specific exceptions, mapped the same.
+_ERROR_MAP: Final[dict[int, Any]] = {
+    401: ClientAuthenticationError,
+    404: ResourceNotFoundError,
+    409: ResourceExistsError,
+    304: ResourceNotModifiedError,
+}
 _DONE = object()
 
 
