@@ -13,14 +13,18 @@ and measures, each in a fresh process so that peak RSS belongs to one variant al
 - ``transformed``: the contract check and every row transform together (typed values, a
   ``TRANSFORM_COLUMNS`` allowlist, pseudonymised person ids), packed in the shipped encoding;
 - ``azurite``: a smaller drop delivered into a real Azurite queue with the default put concurrency,
-  with our CPU time and Azurite's, to say which side limits delivery;
-- ``consume``: that drop's messages from the queue into published PostgreSQL rows by the reference
+  with our CPU time and Azurite's, to say which side limits delivery; the shipped path and the
+  one before it (``-before``: the SDK's ``send_message`` on threads), interleaved;
+- ``consume``: the 50 MB drop's messages from the queue into published PostgreSQL rows by the reference
   consumer, next to a plain ``COPY`` of the same rows into the same server (``devtools/bench_consume.py``).
 
 The last line printed is the summary of the largest drop::
 
     bench: ratio_to_floor=<R> packed_ratio_to_floor=<P> peak_rss_mib=<M> rows=<N>
-    contract_ratio_to_floor=<C> transform_ratio_to_floor=<T> [consume_ratio_to_copy=<K>]
+    contract_ratio_to_floor=<C> transform_ratio_to_floor=<T> put_cpu_ms=<X> [consume_ratio_to_copy=<K>]
+
+``put_cpu_ms``: our process's CPU (all threads, packing included) per message delivered into Azurite
+by the shipped path in the shipped encoding (``n/a`` with ``--no-azurite``).
 
 Usage: ``python -m devtools.bench [--sizes 100MB,1GB] [--workdir DIR] [--encoding gzip-base64]
 [--no-azurite] [--azurite-mb N] [--repeat N]``. See docs/performance.md.
@@ -67,6 +71,14 @@ TRANSFORM_COLUMNS = (
     "Multitasking hours",
     "Meetings",
 )
+#: The drop the ``consume`` variant reads (its messages into PostgreSQL).
+CONSUME_MB = 50
+#: Appended to the summary: our CPU per message delivered into Azurite by the shipped path.
+PUT_CPU_FORMAT = " put_cpu_ms={x}"
+#: Suffix of the delivery variant that runs the path before (the SDK's ``send_message`` on threads).
+BEFORE = "-before"
+#: Suffix of the packed variant that packs on a thread of its own (``BackgroundPacking``, opt-in).
+THREAD = "-thread"
 
 
 @dataclass
@@ -360,19 +372,22 @@ def measure_decode(drop: BenchDrop) -> Result:
     return Result("decode", seconds, drop.plaintext_bytes, rows, _peak_rss_kib(), cpu_seconds=_cpu_seconds() - cpu)
 
 
-def measure_packed(drop: BenchDrop, encoding: str) -> Result:
-    """The decode path plus message packing (counted, not sent)."""
+def measure_packed(drop: BenchDrop, encoding: str, *, thread: bool = False) -> Result:
+    """The decode path plus message packing (counted, not sent): inline as shipped, or on a
+    packer thread of its own (``thread``)."""
+    from shared.delivery import BackgroundPacking
     from shared.messages import Envelope
-    from shared.sinks import CountingSink
+    from shared.sinks import CountingSink, RowSink
 
     sink = CountingSink(Envelope(BENCH_TENANT, "bench", "bench"), encoding)
+    outer: RowSink = BackgroundPacking(sink) if thread else sink
     cpu = _cpu_seconds()
     try:
-        seconds, rows = _stream(drop, sink)
+        seconds, rows = _stream(drop, outer)
     finally:
-        sink.close()
+        outer.close()
     return Result(
-        f"packed-{encoding}",
+        f"packed-{encoding}{THREAD if thread else ''}",
         seconds,
         drop.plaintext_bytes,
         rows,
@@ -411,14 +426,20 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15)
 
 
-def measure_azurite(drop: BenchDrop, encoding: str) -> Result:
-    """Deliver the drop into a real Azurite queue with the default put concurrency."""
+def measure_azurite(drop: BenchDrop, encoding: str, *, before: bool = False) -> Result:
+    """Deliver the drop into a real Azurite queue with the default put concurrency.
+
+    The shipped path (lean async puts on one event-loop thread), or the one before (``before``:
+    the SDK's ``send_message`` on a thread pool). Both pack inline.
+    """
+    import functools
+
     from azure.storage.queue import QueueClient
 
     from devtools.azurite import Azurite
+    from shared import delivery
     from shared.config import Settings
     from shared.messages import Envelope
-    from shared.sinks import QueueSink
 
     concurrency = Settings().put_concurrency
     with Azurite() as azurite:
@@ -428,7 +449,10 @@ def measure_azurite(drop: BenchDrop, encoding: str) -> Result:
         queue.create_queue()
         queue.send_message("warm-up")  # the first put pays for connection set-up on both sides
         queue.clear_messages()
-        sink = QueueSink(queue, Envelope(BENCH_TENANT, "bench", "bench"), encoding, concurrency=concurrency)
+        path = "threads" if before else delivery.DEFAULT_PUT_PATH
+        twin = functools.partial(delivery.async_twin, queue)
+        envelope = Envelope(BENCH_TENANT, "bench", "bench")
+        sink = delivery.queue_sink(path, queue, twin, envelope, encoding, concurrency=concurrency)
         azurite_cpu = _process_cpu_seconds(proc.pid)
         cpu = _cpu_seconds()
         try:
@@ -439,7 +463,7 @@ def measure_azurite(drop: BenchDrop, encoding: str) -> Result:
         theirs = _process_cpu_seconds(proc.pid) - azurite_cpu
         stored = queue.get_queue_properties().approximate_message_count
     return Result(
-        f"azurite-{encoding}",
+        f"azurite-{encoding}{BEFORE if before else ''}",
         seconds,
         drop.plaintext_bytes,
         rows,
@@ -478,6 +502,11 @@ def _measure_in_process(args: argparse.Namespace) -> None:
         folder.name, folder, saved["size"], saved["rows"], saved["plaintext_bytes"], saved["ciphertext_bytes"]
     )
     variant: str = args.measure
+    # Import the ingest path before any variant starts its clock: a one-off cost, not the path's.
+    import shared.ingest
+    import shared.keyfolder
+    import shared.sources  # noqa: F401
+
     if variant == "decode":
         result = measure_decode(drop)
     elif variant == "naive":
@@ -487,9 +516,11 @@ def _measure_in_process(args: argparse.Namespace) -> None:
     elif variant == "transformed":
         result = measure_transformed(drop, args.encoding)
     elif variant.startswith("packed-"):
-        result = measure_packed(drop, variant.removeprefix("packed-"))
+        encoding = variant.removeprefix("packed-").removesuffix(THREAD)
+        result = measure_packed(drop, encoding, thread=variant.endswith(THREAD))
     elif variant.startswith("azurite-"):
-        result = measure_azurite(drop, variant.removeprefix("azurite-"))
+        encoding = variant.removeprefix("azurite-").removesuffix(BEFORE)
+        result = measure_azurite(drop, encoding, before=variant.endswith(BEFORE))
     elif variant == "consume":
         result = measure_consume(drop)
     else:
@@ -540,7 +571,10 @@ def measure_size(
 ) -> dict[str, Result]:
     """Every variant on one drop; the repeated ones interleaved (so a busy moment hits them all)."""
     warm_page_cache(drop.data_file)
-    variants = ["floor", "decode", *(f"packed-{e}" for e in encodings), "contract", "transformed"]
+    # The shipped encoding's packed path is measured twice: as shipped (inline), and on a thread.
+    variants = ["floor", "decode", f"packed-{encodings[0]}", f"packed-{encodings[0]}{THREAD}"]
+    variants += [f"packed-{e}" for e in encodings[1:]]
+    variants += ["contract", "transformed"]
     runs: dict[str, list[Result]] = {v: [] for v in variants}
     for round_no in range(repeat):
         for variant in variants:
@@ -648,6 +682,44 @@ def report_azurite(drop: BenchDrop, results: list[Result]) -> str:
     return f"{title}\n{_table(rows)}\n" + "\n".join(notes)
 
 
+def deliver_into_azurite(
+    workdir: Path, args: argparse.Namespace, *, log: Any, profile_dir: Path | None
+) -> list[Result]:
+    """Delivery into Azurite: the shipped path and the one before, interleaved, then json as shipped.
+
+    Returns the results, the shipped encoding on the shipped path first; prints the table.
+    """
+    from devtools.simulate import parse_size
+
+    drop = ensure_drop(workdir, parse_size(f"{args.azurite_mb}MB"), log=log)
+    warm_page_cache(drop.data_file)
+    pair = [f"azurite-{args.encoding}", f"azurite-{args.encoding}{BEFORE}"]
+    runs: dict[str, list[Result]] = {v: [] for v in pair}
+    for round_no in range(args.repeat):
+        for variant in pair:
+            result = run_variant(drop, variant, profile_dir=profile_dir if round_no == 0 else None)
+            rate = result.messages / result.seconds
+            log(f"{drop.label} {variant} run {round_no + 1}/{args.repeat}: {rate:.0f} msgs/s")
+            runs[variant].append(result)
+    delivered = [_best(runs[v]) for v in pair]
+    if args.encoding != "json":
+        delivered.append(run_variant(drop, "azurite-json", profile_dir=profile_dir))
+    print("\n" + report_azurite(drop, delivered), flush=True)
+    return delivered
+
+
+def consume_into_postgres(workdir: Path, *, log: Any) -> str:
+    """The ``consume`` variant on the 50 MB drop; returns the summary's ``consume_ratio_to_copy`` field."""
+    from devtools import bench_consume
+    from devtools.simulate import parse_size
+
+    drop = ensure_drop(workdir, parse_size(f"{CONSUME_MB}MB"), log=log)
+    consumed = run_variant(drop, "consume")
+    log(f"{drop.label} consume: {consumed.rows_per_s:,.0f} rows/s")
+    print("\n" + bench_consume.report(drop.label, drop.plaintext_bytes, consumed.extra), flush=True)
+    return f" consume_ratio_to_copy={consumed.extra['ratio']:.2f}"
+
+
 def _parse_sizes(text: str) -> list[int]:
     from devtools.simulate import parse_size
 
@@ -685,7 +757,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--repeat", type=int, default=3, help="runs of each fast variant; the best counts (default 3)")
     p.add_argument("--no-azurite", action="store_true", help="skip delivery into Azurite")
-    p.add_argument("--azurite-mb", type=float, default=50.0, help="drop size for the Azurite delivery (MB)")
+    # 200 MB: about 780 gzip-base64 messages, so the per-drop costs (key unwrap, key folder, client
+    # set-up: about 0.1 s) add little to the CPU per message.
+    p.add_argument("--azurite-mb", type=float, default=200.0, help="drop size for the Azurite delivery (MB)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive whole-file recipe")
     p.add_argument("--no-consume", action="store_true", help="skip the consumer into PostgreSQL")
     p.add_argument("--profile", metavar="DIR", help="record a py-spy flame graph of each Python variant into DIR")
@@ -727,24 +801,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         summaries.append((drop, results))
         print("\n" + report_size(drop, results), flush=True)
+    put_cpu = "n/a"
     if not args.no_azurite:
-        from devtools.simulate import parse_size
-
-        drop = ensure_drop(workdir, parse_size(f"{args.azurite_mb}MB"), log=log)
-        warm_page_cache(drop.data_file)
-        delivered = []
-        for encoding in dict.fromkeys([args.encoding, "json"]):
-            result = run_variant(drop, f"azurite-{encoding}", profile_dir=profile_dir)
-            log(f"{drop.label} azurite-{encoding}: {result.messages / result.seconds:.0f} messages/s")
-            delivered.append(result)
-        print("\n" + report_azurite(drop, delivered), flush=True)
+        delivered = deliver_into_azurite(workdir, args, log=log, profile_dir=profile_dir)
+        put_cpu = f"{1000 * delivered[0].cpu_seconds / delivered[0].messages:.2f}"
         if not args.no_consume:
-            from devtools import bench_consume
-
-            consumed = run_variant(drop, "consume")
-            log(f"{drop.label} consume: {consumed.rows_per_s:,.0f} rows/s")
-            print("\n" + bench_consume.report(drop.label, drop.plaintext_bytes, consumed.extra), flush=True)
-            consume_ratio = f" consume_ratio_to_copy={consumed.extra['ratio']:.2f}"
+            consume_ratio = consume_into_postgres(workdir, log=log)
     drop, results = summaries[-1]
     floor = results["floor"].mb_per_s
     packed = results[f"packed-{args.encoding}"]
@@ -761,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
             c=contract.mb_per_s / floor,
             t=transformed.mb_per_s / floor,
         )
+        + PUT_CPU_FORMAT.format(x=put_cpu)
         + consume_ratio,
         flush=True,
     )

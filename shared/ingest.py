@@ -7,6 +7,7 @@ benchmark); :func:`ingest_drop` wraps it with the ledger (claim, checkpoints, de
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from . import rowplan
+from . import delivery, rowplan
 from .bytepath import RowValidator, decode_rows
 from .contract import CheckingValidator, ContractCheck
 from .errors import (
@@ -38,7 +39,7 @@ from .messages import CONTRACT_VERSION, Envelope, failure_message
 from .metadata import DropMetadata, parse_metadata
 from .retry import with_retries
 from .runtime import Runtime
-from .sinks import QueueSink, RowSink
+from .sinks import RowSink
 from .sources import BlobDropSource, DropSource
 from .tables import as_utc
 from .transforms import RowStage
@@ -383,8 +384,10 @@ def ingest_drop(
         if sink_factory is not None:
             sink = sink_factory(envelope, resume_from)
         else:
-            sink = QueueSink(
+            sink = delivery.queue_sink(
+                delivery.DEFAULT_PUT_PATH,
                 rt.queue_named(queue_name),
+                functools.partial(delivery.async_twin, rt.queue_named(queue_name), **rt.storage_kwargs),
                 envelope,
                 encoding,
                 time_to_live=settings.message_ttl_seconds,

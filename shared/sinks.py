@@ -196,6 +196,10 @@ class QueueSink(PackedSink):
             self._before_put(message)
         self.queue.send_message(message.payload, time_to_live=self.time_to_live)
 
+    def _submit(self, message: Message) -> Future[None]:
+        """Start one put (on the pool); its Future completes when the queue acknowledged it."""
+        return self._pool.submit(self._send, message)
+
     def _done(self, message: Message, future: Future[None]) -> None:
         with self._lock:
             self._inflight.discard(future)
@@ -229,7 +233,7 @@ class QueueSink(PackedSink):
         self._raise_if_failed()
         self._slots.acquire()
         try:
-            future = self._pool.submit(self._send, message)
+            future = self._submit(message)
         except BaseException:
             self._slots.release()
             raise

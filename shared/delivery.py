@@ -1,0 +1,300 @@
+"""Delivery at the queue's speed: lean async queue puts, and packing on a thread of its own.
+
+The ``threads`` path (:class:`~shared.sinks.QueueSink`: the SDK's ``QueueClient.send_message`` on a
+pool of threads) spends about 3 ms of CPU per 64 KiB put, nearly all in the SDK's HTTP stack. The
+``async`` path (the default, ``DOWNSTREAM_PUT_PATH``) keeps the SDK but pays only for what a put
+needs (see docs/performance.md for the profile):
+
+- :class:`LeanQueuePut`: the SDK's *async* ``QueueClient`` (aiohttp), its own credential, retry,
+  user-agent, request-id/date headers and logging policies in one short pipeline, and a message
+  body serialised once. Left out: per-request proxy lookups in the environment (done once here
+  instead), the generated operation's XML model (de)serialisation, tracing spans and header
+  logging of every put, redirect, content validation and response hooks.
+- :class:`AsyncQueueSink`: many puts in flight on one event-loop thread instead of a thread each.
+  It is a :class:`~shared.sinks.QueueSink`: the same in-flight window, the same contiguous
+  acknowledged watermark (the checkpoint), the same error mapping.
+- :class:`BackgroundPacking` (opt-in, ``packing_thread=True``): packs and compresses on a second
+  thread while the caller decodes (``isal`` releases the GIL while it compresses). The packer sees
+  the same rows in the same order, so messages and ``seq`` are exactly what inline packing gives.
+  Not the default: on this project's busy 2-core benchmark machine it was slower and cost more CPU
+  than packing inline (docs/performance.md), and in delivery the put thread already uses the
+  second core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue as queue_mod
+import threading
+import urllib.request
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ResourceNotModifiedError,
+    map_error,
+)
+from azure.core.pipeline import AsyncPipeline
+from azure.core.rest import HttpRequest
+from azure.storage.queue.aio import QueueClient as AsyncQueueClient
+
+from .messages import Envelope, Message
+from .sinks import PackedSink, QueueSink, RowSink
+
+#: ``async``: lean async puts on one event-loop thread (default); ``threads``: the SDK's
+#: ``send_message`` on a thread pool (the path before; kept for comparison).
+PUT_PATHS: Final = ("async", "threads")
+DEFAULT_PUT_PATH: Final = "async"
+#: Row batches the decoder may be ahead of the packer (each at most one inflated piece, 256 KiB).
+#: Small, so that checkpoints (taken as the decoder hands batches over) follow the puts closely.
+PACKING_BACKLOG = 2
+_XML_HEAD = b"<?xml version='1.0' encoding='utf8'?>\n<QueueMessage><MessageText>"
+_XML_TAIL = b"</MessageText></QueueMessage>"
+#: The statuses the SDK's generated ``send_message`` maps to specific exceptions, mapped the same.
+_ERROR_MAP: Final[dict[int, Any]] = {
+    401: ClientAuthenticationError,
+    404: ResourceNotFoundError,
+    409: ResourceExistsError,
+    304: ResourceNotModifiedError,
+}
+_DONE = object()
+
+
+def _xml_text(payload: str) -> bytes:
+    """``payload`` as the text of an XML element (what ElementTree writes for the SDK)."""
+    if "&" in payload or "<" in payload or ">" in payload:
+        payload = payload.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return payload.encode("utf-8")
+
+
+def _env_proxy_applies(url: str) -> bool:
+    """Whether the environment's proxy settings route ``url`` through a proxy (checked once)."""
+    host = urlsplit(url).hostname or ""
+    proxies = urllib.request.getproxies()
+    scheme = urlsplit(url).scheme
+    return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host)
+
+
+def async_queue_client(
+    queue_url: str, credential: Any = None, *, connection_string: str | None = None, **kwargs: Any
+) -> AsyncQueueClient:
+    """The SDK's async client for one queue (a connection string, or its URL and a credential).
+
+    ``credential`` may be a synchronous ``TokenCredential``: the async bearer policy awaits
+    ``get_token`` only when it returns an awaitable, and a token is fetched about once an hour.
+    The environment's proxy settings are looked up here once, not on every request as aiohttp's
+    ``trust_env`` does (a ``.netrc`` read and a proxy lookup on a worker thread per put).
+    """
+    kwargs.setdefault("use_env_settings", _env_proxy_applies(queue_url))
+    if connection_string:
+        name = urlsplit(queue_url).path.rstrip("/").rsplit("/", 1)[-1]
+        return AsyncQueueClient.from_connection_string(connection_string, name, **kwargs)
+    return AsyncQueueClient.from_queue_url(queue_url, credential=credential, **kwargs)
+
+
+def async_twin(client: Any, **kwargs: Any) -> AsyncQueueClient:
+    """An async client for the queue of the synchronous ``client``: same URL, same credential."""
+    return async_queue_client(client.url, client.credential, **kwargs)
+
+
+class LeanQueuePut:
+    """Puts a message through the async client's own essential policies (same identity and retries)."""
+
+    def __init__(self, client: AsyncQueueClient, *, time_to_live: int = -1) -> None:
+        self.client = client
+        config: Any = client._config  # the client's own policy objects, reused as built
+        policies: list[Any] = [
+            config.proxy_policy,
+            config.user_agent_policy,
+            config.retry_policy,
+            config.headers_policy,  # x-ms-date and x-ms-client-request-id, signed below
+        ]
+        credential_policy = client._credential_policy
+        if credential_policy is not None:
+            policies.append(credential_policy)
+        policies.append(config.logging_policy)
+        self._pipeline = AsyncPipeline(config.transport, policies=policies)
+        self._url = f"{client.url.split('?', 1)[0]}/messages?messagettl={int(time_to_live)}"
+        query = urlsplit(client.url).query  # a SAS in the URL authorises like the SDK's would
+        if query:
+            self._url += "&" + query
+        self._headers = {
+            "Content-Type": "application/xml",
+            "Accept": "application/xml",
+            "x-ms-version": client.api_version,
+        }
+
+    async def send(self, payload: str) -> None:
+        """Put one message; HttpResponseError (or a subclass) when the queue refuses it."""
+        body = b"".join((_XML_HEAD, _xml_text(payload), _XML_TAIL))
+        request = HttpRequest("POST", self._url, headers=dict(self._headers), content=body)
+        response = (await self._pipeline.run(request)).http_response
+        if response.status_code != 201:
+            with contextlib.suppress(Exception):
+                await response.read()
+            map_error(status_code=response.status_code, response=response, error_map=_ERROR_MAP)
+            raise HttpResponseError(response=response)
+
+    async def close(self) -> None:
+        """Close the client's transport (its connection pool)."""
+        await self.client.close()
+
+
+class EventLoopThread:
+    """One asyncio event loop running on a daemon thread; coroutines are submitted from others."""
+
+    def __init__(self, name: str = "queue-put-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        """Schedule ``coro`` on the loop; its concurrent Future completes with it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        """Stop the loop and wait for its thread."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class AsyncQueueSink(QueueSink):
+    """A :class:`QueueSink` whose puts run as coroutines on one event-loop thread.
+
+    Submission, the in-flight window (``2 × concurrency``), the contiguous watermark and error
+    mapping are :class:`QueueSink`'s; only how one put runs differs.
+    """
+
+    def __init__(self, client: AsyncQueueClient, envelope: Envelope, encoding: str, **kwargs: Any) -> None:
+        super().__init__(client, envelope, encoding, **kwargs)  # type: ignore[arg-type]
+        self._pool.shutdown(wait=False)  # the thread pool is not used (it never started a thread)
+        self._put = LeanQueuePut(client, time_to_live=self.time_to_live)
+        self._loop = EventLoopThread()
+
+    async def _send_async(self, message: Message) -> None:
+        if self._before_put is not None:
+            self._before_put(message)
+        await self._put.send(message.payload)
+
+    def _submit(self, message: Message) -> Future[None]:
+        return self._loop.submit(self._send_async(message))
+
+    def close(self) -> None:
+        """Wait for puts in flight, close the connections, stop the loop thread."""
+        with self._lock:
+            pending = list(self._inflight)
+        for f in pending:
+            with contextlib.suppress(BaseException):
+                f.result()
+        if not self._loop.loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._loop.submit(self._put.close()).result(timeout=30)
+            self._loop.stop()
+
+
+class BackgroundPacking(RowSink):
+    """Runs a packed sink's ``write`` on a thread of its own, so packing overlaps decoding.
+
+    Batches are handed over in order through a bounded queue; ``finish`` waits until the packer
+    has taken everything. A failure on the packer thread (a row too large, a replay mismatch, a
+    put that failed) is raised, as the same exception, by the next ``write`` or by ``finish``.
+    """
+
+    def __init__(self, inner: PackedSink, backlog: int = PACKING_BACKLOG) -> None:
+        self.inner = inner
+        self._batches: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=backlog)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._pack, name="packer", daemon=True)
+        self._thread.start()
+
+    def _pack(self) -> None:
+        batches = self._batches
+        while True:
+            rows = batches.get()
+            if rows is _DONE:
+                return
+            if self._error is None:
+                try:
+                    self.inner.write(rows)
+                except BaseException as exc:  # re-raised on the caller's thread
+                    self._error = exc
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _drain(self) -> None:
+        if self._thread.is_alive():
+            self._batches.put(_DONE)
+            self._thread.join()
+
+    def write(self, rows: list[bytes]) -> None:
+        """Hand the rows to the packer thread (blocks while it is ``backlog`` batches behind)."""
+        self._raise_if_failed()
+        self._batches.put(rows)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Let the packer take every batch, then finish the inner sink here."""
+        self._drain()
+        self._raise_if_failed()
+        self.inner.finish(summary)
+
+    def close(self) -> None:
+        """Stop the packer thread, then close the inner sink."""
+        try:
+            self._drain()
+        finally:
+            self.inner.close()
+
+    @property
+    def delivered_seq(self) -> int:
+        """The inner sink's contiguous acknowledged watermark."""
+        return self.inner.delivered_seq
+
+    @property
+    def messages_sent(self) -> int:
+        """The inner sink's count of puts."""
+        return self.inner.messages_sent
+
+    @property
+    def delivered_rows(self) -> int:
+        """Rows held by the messages up to the watermark."""
+        return self.inner.delivered_rows
+
+
+def queue_sink(
+    path: str,
+    sync_client: Any,
+    async_client: Callable[[], AsyncQueueClient],
+    envelope: Envelope,
+    encoding: str,
+    *,
+    packing_thread: bool = False,
+    **kwargs: Any,
+) -> RowSink:
+    """The delivery sink of ``path`` (see :data:`PUT_PATHS`); ``kwargs`` are :class:`QueueSink`'s.
+
+    ``packing_thread`` packs on a thread of its own (:class:`BackgroundPacking`).
+    """
+    sink: PackedSink
+    if path == "threads":
+        sink = QueueSink(sync_client, envelope, encoding, **kwargs)
+    elif path == "async":
+        sink = AsyncQueueSink(async_client(), envelope, encoding, **kwargs)
+    else:
+        raise ValueError(f"unknown put path {path!r}; expected one of {', '.join(PUT_PATHS)}")
+    return BackgroundPacking(sink) if packing_thread else sink
