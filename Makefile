@@ -61,7 +61,6 @@ test: install lint typecheck iac unit
 
 demo: install postgres
 	$(PY) -m devtools.demo
-	$(PY) -m devtools.demo_consumer
 
 dev: install
 	$(PY) -m devtools.dev up

@@ -10,7 +10,9 @@ run in this process on free loopback ports. Each step below is one small functio
 4. the blob trigger's code (``ingest_drop``) gets the Metadata.json event and ingests the drop;
 5. the rows are in the downstream queue (read back and decoded);
 6. the immediate cleanup pass deleted the drop's blobs; the follow timer records the run's drop;
-7. ``viva-relay drops list`` and ``runs list`` show the result.
+7. ``viva-relay drops list`` and ``runs list`` show the result;
+8. the reference consumer publishes the rows into PostgreSQL, and a partner's query reads them;
+9. ``viva-relay status`` shows the fleet's health.
 
 Stops everything it started and leaves nothing behind.
 """
@@ -150,6 +152,10 @@ def ingest_drop(demo: Demo) -> None:
         raise SystemExit(1)
     say("rows", f"{p.get('Rows', 0):,} delivered of {int(p.get('RowsExpected', 0)):,} in Metadata.json")
     say("messages", f"{p.get('Messages', 0):,} row messages + 1 completion ({p.get('Encoding')})")
+    if p.get("SchemaReport"):
+        checks = sorted({f["check"] for f in json.loads(p["SchemaReport"])["findings"]})
+        drift = "drift: " + ", ".join(checks) if checks else "no drift"
+        say("schema", f"{drift} (the simulated rows copy Microsoft's v1 sample shape; docs/contract.md)")
     say(
         "speed",
         f"{p.get('MBps')} MB/s through decrypt+gunzip+validate+pack+queue ({wall:.2f} s wall, key unwrapped"
@@ -195,6 +201,22 @@ def show_lists(demo: Demo) -> None:
             print(f"    {line}")
 
 
+def consume_into_postgres(demo: Demo) -> None:
+    """The reference consumer drains the queue into a real PostgreSQL; a partner's query reads the rows."""
+    from devtools.demo_consumer import consume_step
+
+    env = {**os.environ, **demo.settings, "VIVA_RELAY_SETTINGS": "none"}
+    if consume_step(env, demo.tenant) != 0:
+        raise SystemExit("the consumer published no rows")
+
+
+def show_status(demo: Demo) -> None:
+    """Fleet health: ``viva-relay status`` over every tenant (exit 1 lists what needs action)."""
+    from devtools.demo_status import status_step
+
+    status_step({**os.environ, **demo.settings, "VIVA_RELAY_SETTINGS": "none"}, demo.tenant)
+
+
 #: The weekly cycle, in order. Add a step by appending its function here.
 STEPS: list[Callable[[Demo], None]] = [
     onboard_tenant,
@@ -204,6 +226,8 @@ STEPS: list[Callable[[Demo], None]] = [
     rows_reach_queue,
     cleanup_and_follow,
     show_lists,
+    consume_into_postgres,
+    show_status,
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import secrets
 import tempfile
 import threading
 import uuid
@@ -80,10 +81,12 @@ class LocalCloud:
         self.connection_string = connection_string
         self.landing_container = landing_container
         self.subscription_id = str(uuid.uuid4())
-        self.vault = KeyVaultStandIn()
+        # One token for both stand-ins (each refuses any other), so one setting reaches both.
+        token = secrets.token_urlsafe(16)
+        self.vault = KeyVaultStandIn(token=token)
         landing = BlobServiceClient.from_connection_string(connection_string).get_container_client(landing_container)
         self.factory = MgdcPipelineStandIn(
-            landing=landing, public_key_of=self.public_key_of, rows=rows, step_seconds=step_seconds
+            landing=landing, public_key_of=self.public_key_of, rows=rows, step_seconds=step_seconds, token=token
         )
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
@@ -105,7 +108,15 @@ class LocalCloud:
         )
 
     def start(self) -> Self:
-        """Start both stand-ins and write the CA bundle that trusts them."""
+        """Start both stand-ins, write the CA bundle that trusts them, and let this process reach them.
+
+        The app code run in this process (the demo's functions, make dev's event delivery) gets the
+        stand-ins' token from the development credential factory, never from the app itself.
+        """
+        from devtools.testtoken import test_token_factory
+        from shared.runtime import use_credential_factory
+
+        use_credential_factory(test_token_factory)
         self.vault.start()
         self.factory.start()
         self.state_dir.mkdir(parents=True, exist_ok=True)
