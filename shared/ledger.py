@@ -229,17 +229,18 @@ class DropLedger(ABC):
     def _owned_update(self, record: DropRecord, changes: dict[str, Any]) -> DropRecord:
         """Apply ``changes`` to a drop we hold the lease of; LeaseLost if someone took it over."""
         owner = record.lease_owner
+        current = record
         for _ in range(10):
-            record.props.update(changes)
-            record.props["UpdatedAt"] = utcnow()
+            # A copy: a write that fails (or is refused) must leave the caller's record as it was,
+            # so a later release() still acts on the lease as held.
+            props = current.props | changes | {"UpdatedAt": utcnow()}
             try:
-                return self._replace(record)
+                return self._replace(DropRecord(record.tenant, record.drop_id, props, current.etag))
             except ResourceModifiedError:
                 fresh = self.get(record.tenant, record.drop_id)
                 if fresh is None or fresh.lease_owner != owner or fresh.state != IN_PROGRESS:
                     raise LeaseLost(f"drop {record.drop_id} was taken over by another attempt") from None
-                record.etag = fresh.etag
-                record.props = fresh.props
+                current = fresh
         raise TransientError(f"could not update drop {record.drop_id}")
 
     def heartbeat(

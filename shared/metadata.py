@@ -48,7 +48,8 @@ FIELDS = (
 
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _KEY_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
-_MAX_METADATA_BYTES = 1 << 20
+#: Larger is not a Metadata.json (a real one is a few KB); such a file is refused without being read.
+MAX_METADATA_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def parse_metadata(raw: bytes | str) -> DropMetadata:
     """
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
-    if len(raw) > _MAX_METADATA_BYTES:
+    if len(raw) > MAX_METADATA_BYTES:
         raise MetadataError(f"Metadata.json is {len(raw)} bytes; more than 1 MiB is not a metadata file")
     text = raw.removeprefix(b"\xef\xbb\xbf").strip()
     if not text:

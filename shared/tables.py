@@ -19,7 +19,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 
 from .errors import TransientError
 
@@ -90,7 +90,7 @@ class TableStore:
     def insert_entity(self, entity: dict[str, Any]) -> str:
         """Create an entity (ResourceExistsError if it exists); returns its ETag."""
         self.ensure()
-        meta = self.call("insert", lambda: self.table.create_entity(entity))
+        meta = self.call("insert", lambda: self.table.create_entity(as_int64(entity)))
         return str(meta.get("etag", ""))
 
     def replace_entity(self, entity: dict[str, Any], etag: str) -> str:
@@ -99,15 +99,31 @@ class TableStore:
         meta = self.call(
             "update",
             lambda: self.table.update_entity(
-                entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                as_int64(entity), mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
             ),
         )
         return str(meta.get("etag", ""))
 
 
+def as_int64(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """``entity`` with every whole number typed Int64.
+
+    The Tables SDK writes a plain Python int as Int32 and refuses one above 2**31 - 1 (a drop of
+    more than 2 GiB of plaintext, say); every counter and size of every store is Int64 instead.
+    """
+    return {
+        k: EntityProperty(v, EdmType.INT64) if isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in entity.items()
+    }
+
+
 def entity_props(entity: Mapping[str, Any]) -> dict[str, Any]:
-    """An entity's columns without its keys."""
-    return {k: v for k, v in dict(entity).items() if k not in ("PartitionKey", "RowKey")}
+    """An entity's columns without its keys (Int64 columns as plain ints)."""
+    return {
+        k: v.value if isinstance(v, EntityProperty) else v
+        for k, v in dict(entity).items()
+        if k not in ("PartitionKey", "RowKey")
+    }
 
 
 def entity_etag(entity: Any) -> str:
