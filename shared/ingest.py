@@ -24,12 +24,15 @@ from .errors import (
     DataReplaced,
     DropError,
     ExtractionFailed,
+    ImplausibleData,
     IntegrityError,
     LeaseLost,
     MetadataError,
     MetadataNotReady,
     NoDataFiles,
     RowCountMismatch,
+    RowTooLarge,
+    StoreRejected,
     TenantMismatch,
     TransientError,
     is_permanent_status,
@@ -170,7 +173,7 @@ def stream_drop(
                 sink.write(rows)
                 if progress is not None:
                     progress(validator.rows)
-        except (IntegrityError, BadRow) as exc:
+        except (IntegrityError, BadRow, RowTooLarge, ImplausibleData) as exc:
             # Name the file: with several part files the reason alone does not say which one is bad.
             raise type(exc)(f"data file {data_file.name}: {exc.reason}") from None
     stats.rows = validator.rows
@@ -475,6 +478,18 @@ def ingest_drop(
     except LeaseLost as exc:
         log.warning("drop %s: %s", location.drop_id, exc)
         return IngestOutcome("skipped", location.drop_id, tenant, str(exc))
+    except AzureError as exc:
+        # An SDK error no layer below classified (creating the queue while it is unreachable, say):
+        # the HTTP status decides; without one it is a network problem, so transient.
+        status = getattr(exc, "status_code", None)
+        if is_permanent_status(status):
+            refused = StoreRejected(f"storage refused a request: HTTP {status} ({type(exc).__name__})")
+            _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), refused)
+            return _fail(rt, location, tenant, refused, record)
+        reason = f"storage unreachable: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+        rt.ledger.release(record, reason)
+        log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, reason)
+        return IngestOutcome("retrying", location.drop_id, tenant, reason, "transient")
     except TransientError as exc:
         # Give the lease back and return normally: the re-check timer resumes the drop from its
         # checkpoint a few minutes later, so an outage neither crash-loops the trigger nor burns the
@@ -538,6 +553,10 @@ def _last_resort(rt: Runtime, location: DropLocation, exc: Exception) -> IngestO
     the re-check; anything else fails it with that reason.
     """
     tenant = location.tenant_from_location or "unknown"
+    if isinstance(exc, DropError):  # a store refused the drop's own record (StoreRejected, say)
+        with contextlib.suppress(Exception):
+            rt.ledger.mark_failed(location, tenant, exc.code, exc.reason)
+        return IngestOutcome("failed", location.drop_id, tenant, exc.reason, exc.code)
     transient = isinstance(exc, TransientError) or (
         isinstance(exc, AzureError) and not is_permanent_status(getattr(exc, "status_code", None))
     )
@@ -551,6 +570,7 @@ def _last_resort(rt: Runtime, location: DropLocation, exc: Exception) -> IngestO
         rt.ledger.mark_failed(location, tenant, code, reason)
     except Exception as again:  # the ledger itself is out of reach: the log line above is all there is
         log.error("drop %s: could not record %s (%s)", location.drop_id, code, type(again).__name__)
+        return IngestOutcome("error", location.drop_id, tenant, reason, code)
     return IngestOutcome("failed", location.drop_id, tenant, reason, code)
 
 

@@ -19,12 +19,17 @@ from typing import Any
 
 from isal import isal_zlib
 
-from .bytepath import keep_heap_warm
+from .bytepath import MAX_ROW_BYTES, keep_heap_warm
 from .errors import RowTooLarge
 
 #: Azure Storage queue messages are limited to 64 KiB as stored (after any Base64).
 QUEUE_MESSAGE_LIMIT = 64 * 1024
 CONTRACT_VERSION = 1
+#: Caps that keep memory flat and messages sane whatever the rows (rows of ``{}`` compress 500:1):
+#: a message's uncompressed body holds at most its header plus ``MAX_ROW_BYTES`` (1 MiB) of rows,
+#: and the compression-ratio estimate that sizes a gzip message never exceeds this. They are
+#: constants, not settings: a resumed drop must pack exactly as its first attempt did.
+MAX_COMPRESSION_RATIO = 64.0
 _GZIP_WBITS = 31
 _GZIP_LEVEL = 1
 _plus_one = (1).__add__  # a row's length plus its separator, without a Python-level call per row
@@ -112,7 +117,7 @@ class MessagePacker:
     def _raw_target(self) -> int:
         budget = self._body_limit - len(self._header(self.seq, self.rows, 10**9)) - 2
         if self.encoding == "gzip-base64":
-            return int(budget * self._ratio * 0.95)
+            return min(int(budget * self._ratio * 0.95), MAX_ROW_BYTES)
         return budget
 
     def _fit_raw(self) -> int:
@@ -135,13 +140,18 @@ class MessagePacker:
             payload = encode_body(self._body(n), self.encoding)
         else:
             limit = self.limit
+            if len(self._pending[0]) > MAX_ROW_BYTES:
+                raise RowTooLarge(
+                    f"row {self.rows + 1} is {len(self._pending[0])} bytes; a message carries at most"
+                    f" {MAX_ROW_BYTES} bytes of rows uncompressed"
+                )
             cumulative = list(accumulate(map(_plus_one, map(len, self._pending))))
             n = max(1, min(len(self._pending), bisect_right(cumulative, self._raw_target())))
             while True:
                 body = self._body(n)
                 payload = encode_body(body, self.encoding)
                 if len(payload) <= limit:
-                    self._ratio = max(1.0, len(body) / max(1, len(payload) * 3 // 4))
+                    self._ratio = min(MAX_COMPRESSION_RATIO, max(1.0, len(body) / max(1, len(payload) * 3 // 4)))
                     break
                 if n == 1:
                     raise RowTooLarge(

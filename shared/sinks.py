@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueClient
 
-from .errors import LeaseLost, ReplayMismatch, TransientError
+from .errors import LeaseLost, ReplayMismatch, StoreRejected, TransientError, is_permanent_status
 from .messages import Envelope, Message, MessagePacker
 
 
@@ -216,6 +216,8 @@ class QueueSink(PackedSink):
         err = self._error
         if err is None:
             return
+        if isinstance(err, HttpResponseError) and is_permanent_status(err.status_code):
+            raise StoreRejected(f"the queue refused a message: HTTP {err.status_code} {err.reason}") from err
         if isinstance(err, HttpResponseError):
             raise TransientError(f"queue put failed with HTTP {err.status_code}: {err.reason}") from err
         if isinstance(err, LeaseLost):

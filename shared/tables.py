@@ -21,7 +21,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 
-from .errors import TransientError
+from .errors import StoreRejected, TransientError, is_permanent_status
 
 T = TypeVar("T")
 
@@ -57,6 +57,9 @@ class TableStore:
         except HttpResponseError as exc:
             if exc.status_code == 412:
                 raise ResourceModifiedError(message=str(exc), response=exc.response) from exc
+            if is_permanent_status(exc.status_code):
+                # The request itself is wrong (a value too large for the table, say): retrying cannot help.
+                raise StoreRejected(f"{self.label} {what} refused: HTTP {exc.status_code} {exc.reason}") from exc
             raise TransientError(f"{self.label} {what} failed: HTTP {exc.status_code} {exc.reason}") from exc
         except AzureError as exc:
             raise TransientError(f"{self.label} {what} failed: {exc}") from exc
