@@ -9,10 +9,12 @@ import pytest
 
 import shared.ingest
 from shared.errors import TransientError
-from shared.ingest import MAX_ATTEMPTS, StreamStats, ingest_metadata_blob
+from shared.ingest import MAX_ATTEMPTS, StreamStats, ingest_drop, ingest_metadata_blob
 from shared.ledger import DropRecord
 from shared.location import location_from_blob
+from shared.messages import Envelope, Message
 from shared.metadata import parse_metadata
+from shared.sinks import PackedSink
 from shared.sources import BlobDropSource
 from tests.conftest import Relay, make_relay
 from tests.test_ingest import expected_rows, rows_of
@@ -235,3 +237,75 @@ def test_metadata_is_read_back_with_its_etag(relay: Relay) -> None:
     assert source.metadata_etag.strip('"') == str(relay.landing.get_blob_client(path).get_blob_properties().etag).strip(
         '"'
     )
+
+
+# -- Resume: a crash right after a checkpoint, with nothing in flight -------------------------------
+
+
+class WorkerDied(BaseException):
+    """The process ends here (not an Exception: nothing in the ingest may catch it)."""
+
+
+class SyncQueueSink(PackedSink):
+    """Puts each message before returning, so a checkpoint covers everything sent: nothing is in flight."""
+
+    def __init__(self, queue: Any, envelope: Envelope, encoding: str) -> None:
+        super().__init__(envelope, encoding)
+        self.queue = queue
+        self.last_seq = -1
+        self.last_rows = 0
+
+    def put(self, message: Message) -> None:
+        self.queue.send_message(message.payload)
+        self.last_seq = message.seq
+        self.last_rows = message.first_row + message.row_count
+
+    @property
+    def delivered_seq(self) -> int:
+        return self.last_seq
+
+    @property
+    def delivered_rows(self) -> int:
+        return self.last_rows
+
+
+def test_a_crash_right_after_a_checkpoint_with_nothing_in_flight_resumes_without_a_gap(
+    azurite: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = make_relay(azurite, tmp_path, DOWNSTREAM_MESSAGE_ENCODING="json", CHECKPOINT_EVERY_MESSAGES="2")
+    tenant = relay.new_tenant()
+    _, path = relay.drop(tenant, rows=4000)
+    ledger = relay.rt.ledger
+    real_heartbeat = ledger.heartbeat
+    checkpoints: list[int] = []
+
+    def die_after_a_checkpoint(record: DropRecord, seq: int, rows: int, lease: int, **kw: Any) -> DropRecord:
+        saved = real_heartbeat(record, seq, rows, lease, **kw)
+        if seq >= 3:
+            checkpoints.append(seq)
+            raise WorkerDied
+        return saved
+
+    monkeypatch.setattr(ledger, "heartbeat", die_after_a_checkpoint)
+    location = location_from_blob(relay.rt.landing_account, relay.landing.container_name, path)
+    source = BlobDropSource(relay.landing, location)
+    with pytest.raises(WorkerDied):
+        ingest_drop(
+            relay.rt, source, sink_factory=lambda envelope, _resume: SyncQueueSink(relay.rt.queue, envelope, "json")
+        )
+    monkeypatch.undo()
+    [record] = ledger.list(tenant=tenant)
+    assert record.checkpoint_seq == checkpoints[0]
+    # The worker is gone; its lease lapses (set here rather than waited for).
+    assert ledger.update_if(record, lambda r: True, {"LeaseUntil": None})
+
+    resumed = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
+
+    assert resumed.status == "delivered", resumed
+    messages = of_drop(relay.messages(), resumed.drop_id)
+    seqs = sorted({m["seq"] for m in messages if m["type"] == "rows"})
+    assert seqs == list(range(resumed.messages)) and resumed.messages > checkpoints[0] + 2
+    assert rows_of(sorted({m["seq"]: m for m in messages if m["type"] == "rows"}.values(), key=lambda m: m["seq"])) == (
+        expected_rows(4000)
+    )
+    assert [m["type"] for m in messages].count("complete") == 1
