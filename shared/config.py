@@ -171,3 +171,24 @@ class Settings:
             run_no_drop_alert_hours=_int("RUN_NO_DROP_ALERT_HOURS", get("RUN_NO_DROP_ALERT_HOURS", "24"), minimum=1),
             env=dict(e),
         )
+
+
+# -- Limits on hostile input (docs/reliability.md lists every limit, its default and its effect) ----------
+
+
+#: Blank (white-space only) plaintext one data file may hold before the drop fails as implausible.
+MAX_BLANK_LINE_BYTES_SETTING: Final = "MAX_BLANK_LINE_BYTES"
+DEFAULT_MAX_BLANK_LINE_BYTES: Final = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """The limits an operator may tune; the others are constants (see docs/reliability.md)."""
+
+    max_blank_line_bytes: int = DEFAULT_MAX_BLANK_LINE_BYTES
+
+
+def input_limits(env: Mapping[str, str]) -> InputLimits:
+    """The input limits set in ``env`` (defaults for those not set); ConfigError for a bad value."""
+    raw = env.get(MAX_BLANK_LINE_BYTES_SETTING, str(DEFAULT_MAX_BLANK_LINE_BYTES))
+    return InputLimits(max_blank_line_bytes=_int(MAX_BLANK_LINE_BYTES_SETTING, raw, minimum=0))

@@ -17,8 +17,9 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from .bytepath import RowValidator, decode_rows
+from .bytepath import MAX_BLANK_BYTES, RowValidator, decode_rows
 from .clock import utc_now
+from .config import input_limits
 from .errors import (
     BadRow,
     DataReplaced,
@@ -143,6 +144,7 @@ def stream_drop(
     progress: Callable[[int], None] | None = None,
     file_key: FileKey | None = None,
     files: list[DataFile] | None = None,
+    max_blank_bytes: int = MAX_BLANK_BYTES,
 ) -> StreamStats:
     """Unwrap the key, stream every data file through the byte path into ``sink``, check the count.
 
@@ -160,7 +162,7 @@ def stream_drop(
     if files is None:
         files = source.data_files_or_fail(metadata.rows_expected)
     stats.data_files = len(files)
-    validator = RowValidator()
+    validator = RowValidator(max_blank_bytes)
     expected = metadata.rows_expected
     for data_file in files:
         stats.ciphertext_bytes += data_file.size
@@ -410,7 +412,16 @@ def ingest_drop(
             )
         checkpointer.sink = sink
         try:
-            stats = stream_drop(source, md, rt.unwrapper, sink, progress=checkpointer, files=files)
+            limits = input_limits(settings.env)
+            stats = stream_drop(
+                source,
+                md,
+                rt.unwrapper,
+                sink,
+                progress=checkpointer,
+                files=files,
+                max_blank_bytes=limits.max_blank_line_bytes,
+            )
         finally:
             record = checkpointer.record
             sink.close()

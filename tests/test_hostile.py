@@ -206,3 +206,18 @@ def test_an_oversized_metadata_json_is_refused_before_it_is_read(
     monkeypatch.setattr(Path, "read_bytes", no_reading)
     with pytest.raises(MetadataError, match="bytes"):
         FolderDropSource(root).read_metadata()
+
+
+def test_the_blank_line_limit_is_a_setting() -> None:
+    from shared.bytepath import RowValidator
+    from shared.config import input_limits
+    from shared.errors import ConfigError
+
+    assert input_limits({}).max_blank_line_bytes == 1024 * 1024
+    limits = input_limits({"MAX_BLANK_LINE_BYTES": "10"})
+    validator = RowValidator(limits.max_blank_line_bytes)
+    assert validator.validate([b"{}", b"", b"   "]) == [b"{}"]
+    with pytest.raises(ImplausibleData):
+        validator.validate([b"      ", b"{}"])
+    with pytest.raises(ConfigError):
+        input_limits({"MAX_BLANK_LINE_BYTES": "lots"})
