@@ -14,7 +14,7 @@ import json
 from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import Any
 
 from isal import isal_zlib
@@ -30,6 +30,9 @@ CONTRACT_VERSION = 1
 #: and the compression-ratio estimate that sizes a gzip message never exceeds this. They are
 #: constants, not settings: a resumed drop must pack exactly as its first attempt did.
 MAX_COMPRESSION_RATIO = 64.0
+#: At most this many rows in one message (never reached by real rows of a few hundred bytes; it
+#: bounds the rows held in memory, and what a consumer handles per message, for rows like ``{}``).
+MAX_ROWS_PER_MESSAGE = 20_000
 _GZIP_WBITS = 31
 _GZIP_LEVEL = 1
 _plus_one = (1).__add__  # a row's length plus its separator, without a Python-level call per row
@@ -125,7 +128,7 @@ class MessagePacker:
         # The header is measured with the widest row count, not the number of rows pending: the
         # budget must not depend on how rows were batched, or a replay could pack differently.
         budget = self._body_limit - len(self._header(self.seq, self.rows, 10**9)) - 2
-        cumulative = list(accumulate(map(_plus_one, map(len, self._pending))))
+        cumulative = list(accumulate(map(_plus_one, map(len, islice(self._pending, MAX_ROWS_PER_MESSAGE)))))
         n = bisect_right(cumulative, budget + 1)  # the last row has no comma
         if n == 0:
             raise RowTooLarge(
@@ -145,8 +148,8 @@ class MessagePacker:
                     f"row {self.rows + 1} is {len(self._pending[0])} bytes; a message carries at most"
                     f" {MAX_ROW_BYTES} bytes of rows uncompressed"
                 )
-            cumulative = list(accumulate(map(_plus_one, map(len, self._pending))))
-            n = max(1, min(len(self._pending), bisect_right(cumulative, self._raw_target())))
+            cumulative = list(accumulate(map(_plus_one, map(len, islice(self._pending, MAX_ROWS_PER_MESSAGE)))))
+            n = max(1, min(len(cumulative), bisect_right(cumulative, self._raw_target())))
             while True:
                 body = self._body(n)
                 payload = encode_body(body, self.encoding)
@@ -170,7 +173,9 @@ class MessagePacker:
         """Add rows; yields every message that is full."""
         self._pending.extend(rows)
         self._pending_bytes += sum(map(len, rows))
-        while self._pending and self._pending_bytes + len(self._pending) > self._raw_target():
+        while self._pending and (
+            self._pending_bytes + len(self._pending) > self._raw_target() or len(self._pending) > MAX_ROWS_PER_MESSAGE
+        ):
             yield self._cut()
 
     def finish(self) -> Iterator[Message]:

@@ -14,7 +14,7 @@ from shared.bytepath import MAX_ROW_BYTES, LineSplitter, decode_rows
 from shared.errors import BadRow, ImplausibleData, MetadataError, RowTooLarge, UnsafeDropFolder
 from shared.jsondepth import json_depth
 from shared.keyfolder import KeyFolder
-from shared.messages import Envelope, MessagePacker, decode_message
+from shared.messages import MAX_ROWS_PER_MESSAGE, Envelope, MessagePacker, decode_message
 from shared.metadata import GUID_RE, MAX_FIELD_CHARS, MAX_METADATA_BYTES, parse_metadata
 from shared.sources import FolderDropSource
 from tests.test_bytepath import IV, KEY, chunked, encrypt
@@ -43,8 +43,9 @@ def test_rows_that_compress_500_to_1_still_make_messages_of_bounded_size() -> No
     bodies = [decode_message(m.payload) for m in messages]
     assert sum(len(b["rows"]) for b in bodies) == 1_000_000
     # Each message's uncompressed body (what a consumer inflates) is capped, whatever the ratio.
-    assert max(m.row_count for m in messages) * 3 <= MAX_ROW_BYTES + 3
-    assert most_pending * 3 <= MAX_ROW_BYTES + 3 * len(batch)
+    assert max(m.row_count for m in messages) <= MAX_ROWS_PER_MESSAGE
+    assert max(len(m.payload) for m in messages) <= 64 * 1024
+    assert most_pending <= MAX_ROWS_PER_MESSAGE + len(batch)
 
 
 # -- Medium 4: a line that never ends ----------------------------------------------------------------
