@@ -7,7 +7,7 @@ AZURITE := node_modules/.bin/azurite
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: help install postgres demo dev dev-down test lint typecheck iac unit bench bench-smoke clean
+.PHONY: help install postgres demo dev dev-down test lint typecheck iac unit bench bench-smoke mutate clean
 
 help:
 	@echo "make demo   - run a simulated drop end to end on Azurite (no Azure account needed)"
@@ -15,6 +15,7 @@ help:
 	@echo "make dev    - Azurite + local Key Vault/Data Factory in the background, and local.settings.json"
 	@echo "make dev-down - stop what make dev started (Azurite's data stays in .dev/)"
 	@echo "make bench  - measure the ingest path on 100 MB and 1 GB drops"
+	@echo "make mutate - mutation testing of the checkpoint, packer and resume code; prints the kill rate"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,5 +72,13 @@ dev-down:
 bench: install postgres
 	$(PY) -m devtools.bench
 
+# Mutation testing (not part of `make test`: it takes tens of minutes). Scope and tests: [tool.mutmut]
+# in pyproject.toml. mutmut exits non-zero when mutants survive; the report below still prints.
+mutate: install
+	rm -rf mutants
+	-$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut export-cicd-stats
+	$(PY) -m devtools.mutation_report
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .demo .bench .dev
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .demo .bench .dev mutants

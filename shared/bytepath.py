@@ -17,7 +17,8 @@ import simdjson
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from isal import isal_zlib
 
-from .errors import BadRow, IntegrityError
+from .errors import BadRow, DropError, ImplausibleData, IntegrityError, RowTooLarge
+from .jsondepth import json_depth
 
 BLOCK = 16
 #: Upper bound of plaintext produced by one inflate call (keeps memory flat on highly compressible data).
@@ -32,6 +33,14 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 HEAP_TRIM_THRESHOLD = 8 * 1024 * 1024
 HEAP_MMAP_THRESHOLD = 1024 * 1024
+#: The largest row any message can carry (the packer's cap on a message's uncompressed body, see
+#: ``shared/messages.py``). A line is failed as soon as it grows past it: it could never be sent.
+MAX_ROW_BYTES = 1024 * 1024
+#: Blank (white-space only) plaintext a data file may hold: a real drop has a blank line at most,
+#: and a file of little else is a decompression bomb (gigabytes of blank lines from a few MB).
+MAX_BLANK_BYTES = 1024 * 1024
+#: simdjson's own nesting limit; a deeper row is refused (the standard library would recurse on it).
+MAX_ROW_DEPTH = 1024
 
 
 @functools.cache
@@ -198,40 +207,65 @@ class LineSplitter:
     """Splits plaintext into lines, carrying a partial line across pieces.
 
     Strips a UTF-8 BOM at the start and CR of CRLF line ends; a last line without newline counts.
+    The partial line is kept as a list of pieces (joined once, when its newline arrives: linear
+    time) and may not grow past ``max_line`` bytes: :class:`RowTooLarge` as soon as it does.
     """
 
-    def __init__(self) -> None:
-        self._carry = b""
+    def __init__(self, max_line: int = MAX_ROW_BYTES) -> None:
+        self._pieces: list[bytes] = []
+        self._carried = 0
         self._at_start = True
+        self.max_line = max_line
+        self.lines = 0  # complete lines returned so far (names the line that is too long)
+
+    @property
+    def _carry(self) -> bytes:
+        return b"".join(self._pieces)
+
+    def _keep(self, piece: bytes) -> None:
+        if piece:
+            self._pieces.append(piece)
+            self._carried += len(piece)
+        if self._carried > self.max_line:
+            raise RowTooLarge(
+                f"line {self.lines + 1} is longer than {self.max_line} bytes, the largest row a message can"
+                " carry; it can never be delivered"
+            )
 
     def feed(self, data: bytes) -> list[bytes]:
         """Complete lines in ``carry + data`` (the partial last line is kept)."""
         if self._at_start:
-            if len(self._carry) + len(data) < len(_BOM):
-                self._carry += data
+            if self._carried + len(data) < len(_BOM):
+                self._keep(data)
                 return []
             data = self._carry + data
-            self._carry = b""
+            self._pieces, self._carried = [], 0
             self._at_start = False
             if data.startswith(_BOM):
                 data = data[len(_BOM) :]
         if b"\n" not in data:
-            self._carry += data
+            self._keep(data)
             return []
         # Split the piece itself (no copy of the whole block): the carried partial line joins the
         # first line, and what follows the last newline is the next carry.
         lines = data.split(b"\n")
-        if self._carry:
+        if self._pieces:
             lines[0] = self._carry + lines[0]
-        self._carry = lines.pop()
+            self._pieces, self._carried = [], 0
+            self._keep(b"")  # (nothing is carried now)
+            if len(lines[0]) > self.max_line:
+                self._carried = len(lines[0])
+                self._keep(b"")
+        self._keep(lines.pop())
         if b"\r" in data or lines[0].endswith(b"\r"):
             lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        self.lines += len(lines)
         return lines
 
     def finish(self) -> list[bytes]:
         """The last line, if the data did not end with a newline."""
         tail = self._carry
-        self._carry = b""
+        self._pieces, self._carried = [], 0
         if self._at_start and tail.startswith(_BOM):
             tail = tail[len(_BOM) :]
         tail = tail.removesuffix(b"\r")
@@ -239,10 +273,17 @@ class LineSplitter:
 
 
 def _stdlib_object(line: bytes) -> bool | None:
-    """True/False whether ``line`` is a JSON object per the standard library; None if not JSON."""
+    """True/False whether ``line`` is a JSON object per the standard library; None if not JSON.
+
+    The line is decoded as UTF-8 first: ``json.loads`` of bytes would detect UTF-16 or UTF-32 and
+    accept rows a consumer reading UTF-8 cannot. Nesting is measured before parsing (the standard
+    library recurses and would overflow on a row nested tens of thousands deep).
+    """
+    if json_depth(line) > MAX_ROW_DEPTH:
+        return None
     try:
-        return isinstance(json.loads(line, parse_constant=_reject_constant), dict)
-    except ValueError:
+        return isinstance(json.loads(line.decode("utf-8"), parse_constant=_reject_constant), dict)
+    except (ValueError, RecursionError):
         return None
 
 
@@ -254,16 +295,25 @@ def _reject_constant(name: str) -> object:
 class RowValidator:
     """Checks that each line is exactly one JSON object (simdjson; also validates UTF-8)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_blank_bytes: int = MAX_BLANK_BYTES) -> None:
         self._parser = simdjson.Parser()
         self.rows = 0
+        self.blank_bytes = 0
+        self.max_blank_bytes = max_blank_bytes
 
     def _slow(self, lines: list[bytes]) -> list[bytes]:
         kept: list[bytes] = []
         parse = self._parser.parse
         for line in lines:
             if not line.strip():
-                continue  # a blank line is not a row
+                # A blank line is not a row; a file of little else is a decompression bomb.
+                self.blank_bytes += len(line) + 1
+                if self.blank_bytes > self.max_blank_bytes:
+                    raise ImplausibleData(
+                        f"the data holds more than {self.max_blank_bytes} bytes of blank lines; no real drop"
+                        " does (a decompression bomb?)"
+                    )
+                continue
             where = f"row {self.rows + len(kept) + 1}"
             try:
                 doc = parse(line)
@@ -321,17 +371,20 @@ def decode_rows(
     gunzip = Gunzip()
     splitter = LineSplitter()
     check = validator or RowValidator()
-    bad: BadRow | None = None
+    bad: DropError | None = None
 
     def rows_of(pieces: Iterator[bytes]) -> Iterator[list[bytes]]:
         nonlocal bad
         for piece in pieces:
-            lines = splitter.feed(piece)
-            if lines and bad is None:
-                try:
-                    yield check.validate(lines)
-                except BadRow as exc:
-                    bad = exc  # keep inflating: the CRC decides whether this is tampering
+            if bad is not None:
+                yield []  # still inflating to check the CRC: keep the caller's heartbeat going
+                continue
+            try:
+                lines = splitter.feed(piece)
+                # An empty batch too: a long stretch without rows still lets the caller renew its lease.
+                yield check.validate(lines) if lines else []
+            except (BadRow, RowTooLarge) as exc:
+                bad = exc  # keep inflating: the CRC decides whether this is tampering
 
     try:
         for chunk in chunks:

@@ -10,9 +10,12 @@ optional ``FAILED_DROP_RETENTION_DAYS``, failed long enough ago). Rules that mak
 * Only blobs below the drop root are candidates, minus those of any other drop nested below it,
   minus any blob modified after the drop was delivered (or failed): a re-run may have written new
   data into the same folder. Those are kept and reported.
-* The data files about to go must not exceed, in number or bytes, what the delivery read (the
-  ``DataFiles`` and ``CiphertextBytes`` columns); otherwise nothing is deleted. That is what
-  protects a drop whose root is the container itself.
+* A delivered drop loses exactly the blobs its delivery read: each is named, with its ETag, in the
+  ledger's ``ReadBlobs`` column (``shared/manifest.py``) and deleted only while it still has that
+  ETag. Anything else at the root (a later run's drop, a file rewritten since, a stray) is kept and
+  reported. A delivered row without that list is refused: nothing is deleted.
+* For failed drops past retention the data files about to go must not exceed, in number or bytes,
+  what was recorded; otherwise nothing is deleted.
 * Each blob is deleted with its listed ETag (a blob changed meanwhile is kept), snapshots
   included; a blob already gone counts as done, so every step can be repeated.
 * The row ends ``deleted`` with ``DeletedAt`` and the counts.
@@ -42,6 +45,8 @@ from azure.storage.blob import ContainerClient
 from .errors import TransientError
 from .ledger import DELETED, DELIVERED, FAILED, DropRecord, new_owner_id
 from .location import METADATA_SUFFIX, DropLocation, is_metadata_blob, location_from_blob
+from .manifest import COLUMN as READ_BLOBS
+from .manifest import ReadBlob, parse_manifest, same_etag
 from .runtime import Runtime
 from .tables import as_utc, utcnow
 
@@ -210,11 +215,14 @@ def plan_deletion(
     newer_than: datetime,
     newer_why: str,
     recorded: tuple[int, int] | None,
+    read: dict[str, ReadBlob] | None = None,
 ) -> DeletionPlan:
     """Decide which of ``blobs`` (listed below ``drop_root``) belong to the drop and may go.
 
     ``newer_than``: blobs modified after it are kept (``newer_why`` says what that moment was).
     ``recorded``: the data files and bytes the delivery read; deleting more than that is refused.
+    ``read``: the exact blobs the delivery read; when given, only those (with their recorded ETag)
+    and the empty folder markers above them may go, and everything else is kept.
     Order: data files, then the metadata folder (Metadata.json last, so an interrupted run leaves
     the drop findable), then empty blobs deepest first (directories of a hierarchical namespace
     must be empty before they can go).
@@ -235,6 +243,11 @@ def plan_deletion(
         if any(r.startswith(b.name + "/") for r in nested):
             continue  # a folder that holds another drop
         in_metadata = _is_metadata(relative)
+        if read is not None:
+            why = _not_read(b, read)
+            if why:
+                plan.kept.append(KeptBlob(b.name, why))
+                continue
         if not drop_root and not in_metadata and b.size == 0:
             continue  # at the container root an empty blob is a folder marker, not the drop's
         if b.last_modified > newer_than:
@@ -246,7 +259,7 @@ def plan_deletion(
             metadata.append(b)
         else:
             data.append(b)
-    if recorded is not None:
+    if recorded is not None and read is None:
         files, size = len(data), sum(b.size for b in data)
         if files > recorded[0] or size > recorded[1]:
             plan.refusal = (
@@ -258,6 +271,18 @@ def plan_deletion(
     empty.sort(key=lambda b: (-b.name.count("/"), b.name))
     plan.delete = sorted(data, key=lambda b: b.name) + metadata + empty
     return plan
+
+
+def _not_read(blob: BlobEntry, read: dict[str, ReadBlob]) -> str:
+    """Why ``blob`` is not one the delivery read ('' when it is, or is an empty folder marker above one)."""
+    known = read.get(blob.name)
+    if known is not None:
+        if same_etag(known.etag, blob.etag):
+            return ""
+        return "rewritten since the delivery read it (another run's file?); not deleted"
+    if blob.size == 0 and not is_metadata_blob(blob.name) and any(n.startswith(blob.name + "/") for n in read):
+        return ""  # the folder marker of a folder holding the drop's files (hierarchical namespace)
+    return "not read by the delivery: a later run's drop or a stray; not deleted"
 
 
 # -- deleting -----------------------------------------------------------------------------------
@@ -309,6 +334,7 @@ class _Rule:
     newer_than: datetime  # blobs modified after this are kept
     newer_why: str
     recorded: tuple[int, int] | None  # data files and bytes the delivery read (delivered drops)
+    read: dict[str, ReadBlob] | None = None  # the exact blobs the delivery read (delivered drops)
 
 
 def _rule(rt: Runtime, record: DropRecord, now: datetime) -> tuple[_Rule | None, str, str]:
@@ -317,12 +343,10 @@ def _rule(rt: Runtime, record: DropRecord, now: datetime) -> tuple[_Rule | None,
     location = record.location
     if record.state == DELIVERED:
         delivered = _when(record.props.get("DeliveredAt"))
-        files, size = record.props.get("DataFiles"), record.props.get("CiphertextBytes")
-        if delivered is None or files is None or size is None:
-            return None, REFUSED, "the ledger row does not record when and what the delivery read"
-        rule = _Rule(
-            "delivered", delivered, f"the drop was delivered at {delivered.isoformat()}", (int(files), int(size))
-        )
+        read = parse_manifest(record.props.get(READ_BLOBS))
+        if delivered is None or not read:
+            return None, REFUSED, "the ledger row does not record when and which blobs the delivery read"
+        rule = _Rule("delivered", delivered, f"the drop was delivered at {delivered.isoformat()}", None, read)
     elif record.state == FAILED:
         days = settings.failed_retention_days
         failed = _when(record.props.get("FailedAt"))
@@ -358,7 +382,7 @@ def delete_drop(rt: Runtime, record: DropRecord, *, dry_run: bool = False, now: 
     def plan(r: _Rule) -> DeletionPlan:
         blobs = list_blobs(container, location.data_prefix)
         return plan_deletion(
-            blobs, location.drop_root, newer_than=r.newer_than, newer_why=r.newer_why, recorded=r.recorded
+            blobs, location.drop_root, newer_than=r.newer_than, newer_why=r.newer_why, recorded=r.recorded, read=r.read
         )
 
     if dry_run:

@@ -307,3 +307,24 @@ def _contract_settings(e: Mapping[str, str]) -> dict[str, Any]:
         "pseudonymise": _bool("PSEUDONYMISE", e.get("PSEUDONYMISE", "false")),
         "pseudonym_secret_name": secret_name,
     }
+
+
+# -- Limits on hostile input (docs/reliability.md lists every limit, its default and its effect) ----------
+
+
+#: Blank (white-space only) plaintext one data file may hold before the drop fails as implausible.
+MAX_BLANK_LINE_BYTES_SETTING: Final = "MAX_BLANK_LINE_BYTES"
+DEFAULT_MAX_BLANK_LINE_BYTES: Final = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """The limits an operator may tune; the others are constants (see docs/reliability.md)."""
+
+    max_blank_line_bytes: int = DEFAULT_MAX_BLANK_LINE_BYTES
+
+
+def input_limits(env: Mapping[str, str]) -> InputLimits:
+    """The input limits set in ``env`` (defaults for those not set); ConfigError for a bad value."""
+    raw = env.get(MAX_BLANK_LINE_BYTES_SETTING, str(DEFAULT_MAX_BLANK_LINE_BYTES))
+    return InputLimits(max_blank_line_bytes=_int(MAX_BLANK_LINE_BYTES_SETTING, raw, minimum=0))

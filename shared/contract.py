@@ -33,7 +33,7 @@ from typing import Any
 
 import simdjson
 
-from .bytepath import RowValidator
+from .bytepath import MAX_BLANK_BYTES, RowValidator
 from .metadata import DropMetadata
 
 REPORT_VERSION = 1
@@ -630,8 +630,8 @@ def report_json(doc: dict[str, Any]) -> str:
 class CheckingValidator(RowValidator):
     """Row validation that also shows each parsed row to a :class:`ContractCheck` (one parse per row)."""
 
-    def __init__(self, check: ContractCheck) -> None:
-        super().__init__()
+    def __init__(self, check: ContractCheck, max_blank_bytes: int = MAX_BLANK_BYTES) -> None:
+        super().__init__(max_blank_bytes)
         self.check = check
 
     def validate(self, lines: list[bytes]) -> list[bytes]:

@@ -103,6 +103,39 @@ class ReplayMismatch(DropError):
     code = "replay_mismatch"
 
 
+class DataReplaced(DropError):
+    """A file of the drop changed while (or since) an attempt read it: another run wrote there."""
+
+    code = "data_replaced"
+
+
+class ImplausibleData(DropError):
+    """The data expands or holds blank lines far beyond what any real drop does (a decompression bomb)."""
+
+    code = "implausible_data"
+
+
+class UnsafeDropFolder(DropError):
+    """A local drop folder holds a symbolic link (it could lead outside the drop)."""
+
+    code = "unsafe_folder"
+
+
+class StoreRejected(DropError):
+    """A store refused a request for good (an HTTP 4xx such as 400 or 413): retrying cannot help."""
+
+    code = "store_rejected"
+
+
+#: HTTP statuses that say a request will never succeed as it is (anything else is retried).
+PERMANENT_HTTP_STATUSES = frozenset({400, 405, 411, 413, 414, 416, 431})
+
+
+def is_permanent_status(status: int | None) -> bool:
+    """True when an HTTP status means the request itself is wrong (not an outage or throttling)."""
+    return status in PERMANENT_HTTP_STATUSES
+
+
 class TransientError(VivaRelayError):
     """A failure that may go away on retry (network, throttling, service unavailable)."""
 

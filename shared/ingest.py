@@ -7,6 +7,7 @@ benchmark); :func:`ingest_drop` wraps it with the ledger (claim, checkpoints, de
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -15,32 +16,43 @@ from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from azure.core.exceptions import AzureError
+
 from . import delivery, rowplan
-from .bytepath import RowValidator, decode_rows
+from .bytepath import MAX_BLANK_BYTES, RowValidator, decode_rows
+from .clock import utc_now
+from .config import input_limits
 from .contract import CheckingValidator, ContractCheck
 from .errors import (
     BadRow,
+    DataReplaced,
     DropError,
     ExtractionFailed,
+    ImplausibleData,
     IntegrityError,
     LeaseLost,
     MetadataError,
     MetadataNotReady,
     NoDataFiles,
     RowCountMismatch,
+    RowTooLarge,
     SchemaViolation,
+    StoreRejected,
     TenantMismatch,
     TransientError,
+    is_permanent_status,
 )
 from .keys import FileKey, KeyUnwrapper
 from .ledger import DELETED, DELIVERED, IN_PROGRESS, DropRecord, new_owner_id
 from .location import DropLocation, generation_of, is_metadata_blob, location_from_blob
+from .manifest import COLUMN as READ_BLOBS
+from .manifest import changed_files, manifest_text, parse_manifest
 from .messages import CONTRACT_VERSION, Envelope, failure_message
 from .metadata import DropMetadata, parse_metadata
 from .retry import with_retries
 from .runtime import Runtime
 from .sinks import RowSink
-from .sources import BlobDropSource, DropSource
+from .sources import BlobDropSource, DataFile, DropSource
 from .tables import as_utc
 from .transforms import RowStage
 
@@ -49,6 +61,11 @@ log = logging.getLogger("viva_relay")
 #: Attempts (event deliveries and re-checks, each with 3 quick tries) before a transient problem fails
 #: the drop: about an hour with the default 5-minute re-check schedule.
 MAX_ATTEMPTS = 12
+#: The ledger column set once the ``complete`` message was acknowledged: it is never sent again,
+#: and no ``failed`` message ever follows it.
+COMPLETE_SENT = "CompleteSentAt"
+#: The reason code the last-resort guard records for an exception nobody expected.
+INTERNAL_ERROR = "internal_error"
 
 
 @dataclass
@@ -134,6 +151,8 @@ def stream_drop(
     file_key: FileKey | None = None,
     check: ContractCheck | None = None,
     stages: Sequence[RowStage] = (),
+    files: list[DataFile] | None = None,
+    max_blank_bytes: int = MAX_BLANK_BYTES,
 ) -> StreamStats:
     """Unwrap the key, stream every data file through the byte path into ``sink``, check the count.
 
@@ -149,13 +168,18 @@ def stream_drop(
             metadata.tenant_id, metadata.public_key_version, metadata.key.wrapped_key, metadata.key.iv
         )
     stats = StreamStats(algorithm=file_key.algorithm, key_version=file_key.key_version)
-    files = source.data_files_or_fail(metadata.rows_expected)
+    if files is None:
+        files = source.data_files_or_fail(metadata.rows_expected)
     stats.data_files = len(files)
-    validator = RowValidator() if check is None else CheckingValidator(check)
+    validator = RowValidator(max_blank_bytes) if check is None else CheckingValidator(check, max_blank_bytes)
+    expected = metadata.rows_expected
     for data_file in files:
         stats.ciphertext_bytes += data_file.size
         try:
             for rows in decode_rows(source.open_chunks(data_file), file_key.key, file_key.iv, validator=validator):
+                if expected is not None and validator.rows > expected:
+                    # Stop at the first row past the count: nothing beyond it is ever sent.
+                    raise RowCountMismatch(f"the data holds more rows than NumberOfRowsExtracted ({expected})")
                 stats.plaintext_bytes += sum(map(len, rows)) + len(rows)
                 out = rows
                 for stage in stages:
@@ -163,11 +187,10 @@ def stream_drop(
                 sink.write(out)
                 if progress is not None:
                     progress(validator.rows)
-        except (IntegrityError, BadRow) as exc:
+        except (IntegrityError, BadRow, RowTooLarge, ImplausibleData) as exc:
             # Name the file: with several part files the reason alone does not say which one is bad.
             raise type(exc)(f"data file {data_file.name}: {exc.reason}") from None
     stats.rows = validator.rows
-    expected = metadata.rows_expected
     if expected is not None and expected != stats.rows:
         raise RowCountMismatch(f"the data holds {stats.rows} rows but NumberOfRowsExtracted is {expected}")
     summary = completion_summary(metadata, source.location, stats)
@@ -247,6 +270,8 @@ def _announce_failure(rt: Runtime, record: DropRecord, envelope: Envelope, exc: 
     encoding = str(fresh.props.get("Encoding") or "")
     if not encoding:
         return  # no attempt got as far as sending
+    if fresh.props.get(COMPLETE_SENT):
+        return  # the drop is complete downstream: a failed message must never follow it
     try:
         queue = rt.queue_named(str(fresh.props.get("Queue") or rt.settings.downstream_queue))
         payload = failure_message(envelope, encoding, exc.code, exc.reason)
@@ -300,20 +325,24 @@ def ingest_drop(
     location = source.location
     named = location.tenant_from_location
     tenant = named or "unknown"
-    settled = rt.ledger.get(tenant, location.drop_id)
-    if settled is not None and settled.state not in (DELIVERED, DELETED):
-        settled = None
-    raw = source.read_metadata() if metadata_bytes is None else metadata_bytes
+    prior = rt.ledger.get(tenant, location.drop_id)
+    settled = prior if prior is not None and prior.state in (DELIVERED, DELETED) else None
+    # Read the blob itself even when the event carries its bytes: its ETag is what cleanup later
+    # matches, and the version stored now is the one whose data files are read.
+    raw = source.read_metadata()
+    if not raw and metadata_bytes is not None:
+        raw = metadata_bytes
     try:
         md = parse_metadata(raw)
-        if settled is not None:
-            if _same_run(settled, md):
-                # A late duplicate event (Event Grid delivers at least once), possibly after cleanup.
-                return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
-            # Another run's drop landed at the root of a settled one: a new drop, with its own id.
+        if prior is not None and not _same_run(prior, md):
+            # Another run's drop landed at the root of a recorded one (settled, failed, or even being
+            # delivered right now): a new drop, with its own id.
             location = replace(location, generation=generation_of(_run_discriminator(md)))
             source.location = location
             log.info("drop %s: a new run's drop at a reused root %s", location.drop_id, location.url_path)
+        elif settled is not None:
+            # A late duplicate event (Event Grid delivers at least once), possibly after cleanup.
+            return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
     except (MetadataNotReady, MetadataError) as exc:
         if settled is not None:
             # Nothing new can be read there (a duplicate event after cleanup, say): the settled drop stands.
@@ -345,7 +374,7 @@ def ingest_drop(
         log.info("drop %s not processed: %s", location.drop_id, claim.why)
         return IngestOutcome("skipped", location.drop_id, tenant, claim.why)
     record = claim.record
-    if int(record.props.get("Attempts", 1)) > MAX_ATTEMPTS:
+    if int(record.props.get("Attempts", 1)) > MAX_ATTEMPTS and not record.props.get(COMPLETE_SENT):
         last = str(record.props.get("LastError", "unknown error"))
         gave_up = DropError(f"gave up after {MAX_ATTEMPTS} attempts; last error: {last}")
         _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), gave_up)
@@ -356,7 +385,24 @@ def ingest_drop(
         fresh = rt.ledger.get(tenant, location.drop_id)
         if fresh is None or fresh.state != IN_PROGRESS or fresh.lease_owner != owner:
             raise LeaseLost(f"drop {location.drop_id} was taken over before this attempt started")
+        if fresh.props.get(COMPLETE_SENT):
+            # An earlier attempt sent the completion but could not record the delivery: record it
+            # now, without reading or sending anything again.
+            record = fresh
+            return _deliver_after_completion(rt, fresh)
         resume_from = fresh.checkpoint_seq
+        files = source.data_files_or_fail(md.rows_expected)
+        read_before = parse_manifest(fresh.props.get(READ_BLOBS))
+        if read_before:
+            changed = changed_files(read_before, files)
+            if changed:
+                raise DataReplaced(
+                    f"data file(s) {', '.join(changed[:5])} changed since an earlier attempt read them"
+                    " (another run wrote there); the rows already sent are not to be used"
+                )
+            manifest = str(fresh.props.get(READ_BLOBS))
+        else:
+            manifest = manifest_text(location.metadata_path, source.metadata_etag, files)
         # A resumed drop must be packed exactly as before (same encoding, same queue), or skipping the
         # checkpointed messages would skip rows: what the first attempt used is recorded and reused.
         # (Recorded before the first put of the first attempt, so even messages sent before any
@@ -375,6 +421,7 @@ def ingest_drop(
                 "Queue": queue_name,
                 "PackerVersion": CONTRACT_VERSION,
                 rowplan.RECORDED: recorded.to_json(),
+                READ_BLOBS: manifest or None,
             },
         )
         record = fresh
@@ -399,14 +446,28 @@ def ingest_drop(
         checkpointer.sink = sink
         plan = rowplan.plan_for(rt, md, recorded)
         try:
+            limits = input_limits(settings.env)
             stats = stream_drop(
-                source, md, rt.unwrapper, sink, progress=checkpointer, check=plan.check, stages=plan.stages
+                source,
+                md,
+                rt.unwrapper,
+                sink,
+                progress=checkpointer,
+                check=plan.check,
+                stages=plan.stages,
+                files=files,
+                max_blank_bytes=limits.max_blank_line_bytes,
             )
         finally:
             record = checkpointer.record
             sink.close()
         messages = sink.messages_sent
         final_seq = sink.delivered_seq
+        # First a small write that says the completion is out, so that whatever happens to the
+        # larger write below, no later attempt sends it again (or a failed message after it).
+        record = rt.ledger.heartbeat(
+            record, final_seq, stats.rows, settings.drop_lease_seconds, extra={COMPLETE_SENT: utc_now()}
+        )
         record = rt.ledger.mark_delivered(
             record,
             {
@@ -427,14 +488,7 @@ def ingest_drop(
             }
             | rowplan.schema_columns(stats.schema),
         )
-        if settings.delete_after_delivery:
-            # The immediate cleanup pass; best effort: the daily cleanup timer retries a failure.
-            try:
-                from .cleanup import delete_drop
-
-                delete_drop(rt, record)
-            except Exception:
-                log.exception("drop %s delivered, but deleting it failed; the daily cleanup retries", location.drop_id)
+        _delete_now(rt, record)
         log.info(
             "drop %s of tenant %s delivered: %d rows, %d messages, %.1f MB/s (%s)",
             location.drop_id,
@@ -473,6 +527,18 @@ def ingest_drop(
     except LeaseLost as exc:
         log.warning("drop %s: %s", location.drop_id, exc)
         return IngestOutcome("skipped", location.drop_id, tenant, str(exc))
+    except AzureError as exc:
+        # An SDK error no layer below classified (creating the queue while it is unreachable, say):
+        # the HTTP status decides; without one it is a network problem, so transient.
+        status = getattr(exc, "status_code", None)
+        if is_permanent_status(status):
+            refused = StoreRejected(f"storage refused a request: HTTP {status} ({type(exc).__name__})")
+            _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), refused)
+            return _fail(rt, location, tenant, refused, record)
+        reason = f"storage unreachable: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+        rt.ledger.release(record, reason)
+        log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, reason)
+        return IngestOutcome("retrying", location.drop_id, tenant, reason, "transient")
     except TransientError as exc:
         # Give the lease back and return normally: the re-check timer resumes the drop from its
         # checkpoint a few minutes later, so an outage neither crash-loops the trigger nor burns the
@@ -481,8 +547,36 @@ def ingest_drop(
         log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, exc)
         return IngestOutcome("retrying", location.drop_id, tenant, str(exc), "transient")
     except Exception as exc:
-        rt.ledger.release(record, f"{type(exc).__name__}: {exc}")
-        raise
+        # Nobody expected this one. Record only a code and the exception's type (its message may
+        # quote row values), give the lease back and return: the re-check tries again, and the
+        # retry budget fails the drop if it keeps happening.
+        what = f"{INTERNAL_ERROR}: unexpected {type(exc).__name__}"
+        log.error("drop %s of tenant %s: %s; it will be retried by the re-check", location.drop_id, tenant, what)
+        with contextlib.suppress(Exception):
+            rt.ledger.release(record, what)
+        return IngestOutcome("retrying", location.drop_id, tenant, what, INTERNAL_ERROR)
+
+
+def _delete_now(rt: Runtime, record: DropRecord) -> None:
+    """The immediate cleanup pass; best effort: the daily cleanup timer retries a failure."""
+    if not rt.settings.delete_after_delivery:
+        return
+    try:
+        from .cleanup import delete_drop
+
+        delete_drop(rt, record)
+    except Exception:
+        log.exception("drop %s delivered, but deleting it failed; the daily cleanup retries", record.drop_id)
+
+
+def _deliver_after_completion(rt: Runtime, record: DropRecord) -> IngestOutcome:
+    """Record as delivered a drop whose ``complete`` message an earlier attempt sent."""
+    rows = int(record.props.get("CheckpointRows", 0))
+    messages = record.checkpoint_seq
+    record = rt.ledger.mark_delivered(record, {"Rows": rows, "Messages": messages, "MessagesPutThisAttempt": 0})
+    _delete_now(rt, record)
+    log.info("drop %s of tenant %s: completion sent earlier; now recorded as delivered", record.drop_id, record.tenant)
+    return IngestOutcome("delivered", record.drop_id, record.tenant, rows=rows, messages=messages)
 
 
 def ingest_metadata_blob(rt: Runtime, container: str, blob_name: str, metadata: bytes | None = None) -> IngestOutcome:
@@ -492,8 +586,41 @@ def ingest_metadata_blob(rt: Runtime, container: str, blob_name: str, metadata: 
     if not is_metadata_blob(blob_name):
         return IngestOutcome("ignored", reason=f"{blob_name} is not a Metadata.json")
     location = location_from_blob(rt.landing_account, container, blob_name)
-    source = BlobDropSource(rt.landing_container(container), location)
-    return ingest_drop(rt, source, metadata)
+    try:
+        source = BlobDropSource(rt.landing_container(container), location)
+        return ingest_drop(rt, source, metadata)
+    except Exception as exc:
+        return _last_resort(rt, location, exc)
+
+
+def _last_resort(rt: Runtime, location: DropLocation, exc: Exception) -> IngestOutcome:
+    """Record an exception that escaped the ingest on the drop, and return normally.
+
+    Returning (instead of raising) keeps the host from retrying the event and sending the blob to
+    the poison queue with no reason anywhere. Only a code and the exception's type are recorded,
+    never its message (which may quote row values). A transient failure leaves the drop waiting for
+    the re-check; anything else fails it with that reason.
+    """
+    tenant = location.tenant_from_location or "unknown"
+    if isinstance(exc, DropError):  # a store refused the drop's own record (StoreRejected, say)
+        with contextlib.suppress(Exception):
+            rt.ledger.mark_failed(location, tenant, exc.code, exc.reason)
+        return IngestOutcome("failed", location.drop_id, tenant, exc.reason, exc.code)
+    transient = isinstance(exc, TransientError) or (
+        isinstance(exc, AzureError) and not is_permanent_status(getattr(exc, "status_code", None))
+    )
+    code = "transient" if transient else INTERNAL_ERROR
+    reason = f"{code}: unexpected {type(exc).__name__} while ingesting the drop"
+    log.error("drop %s of tenant %s: %s", location.drop_id, tenant, reason)
+    try:
+        if transient:
+            rt.ledger.mark_waiting(location, tenant, reason)
+            return IngestOutcome("waiting", location.drop_id, tenant, reason, code)
+        rt.ledger.mark_failed(location, tenant, code, reason)
+    except Exception as again:  # the ledger itself is out of reach: the log line above is all there is
+        log.error("drop %s: could not record %s (%s)", location.drop_id, code, type(again).__name__)
+        return IngestOutcome("error", location.drop_id, tenant, reason, code)
+    return IngestOutcome("failed", location.drop_id, tenant, reason, code)
 
 
 def recheck_drops(rt: Runtime) -> list[IngestOutcome]:

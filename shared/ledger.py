@@ -223,20 +223,21 @@ class DropLedger(ABC):
     def _owned_update(self, record: DropRecord, changes: dict[str, Any]) -> DropRecord:
         """Apply ``changes`` to a drop we hold the lease of; LeaseLost if someone took it over."""
         owner = record.lease_owner
+        current = record
         lost_race = False
 
         def step() -> DropRecord:
-            nonlocal lost_race
+            nonlocal current, lost_race
             if lost_race:  # our write lost a race: still ours only if nobody took the lease over
                 fresh = self.get(record.tenant, record.drop_id)
                 if fresh is None or fresh.lease_owner != owner or fresh.state != IN_PROGRESS:
                     raise LeaseLost(f"drop {record.drop_id} was taken over by another attempt")
-                record.etag = fresh.etag
-                record.props = fresh.props
+                current = fresh
             lost_race = True
-            record.props.update(changes)
-            record.props["UpdatedAt"] = self.clock()
-            return self._replace(record)
+            # A copy: a write that fails (or is refused) must leave the caller's record as it was,
+            # so a later release() still acts on the lease as held.
+            props = current.props | changes | {"UpdatedAt": self.clock()}
+            return self._replace(DropRecord(record.tenant, record.drop_id, props, current.etag))
 
         return with_etag_retries(step, f"could not update drop {record.drop_id}")
 

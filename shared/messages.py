@@ -13,16 +13,24 @@ import json
 from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import Any
 
-from .bytepath import keep_heap_warm
+from .bytepath import MAX_ROW_BYTES, keep_heap_warm
 from .encodings import GZIP_LEVEL, GZIP_WBITS, decode_payload, message_encoding
 from .errors import RowTooLarge
 
 #: Azure Storage queue messages are limited to 64 KiB as stored (after any Base64).
 QUEUE_MESSAGE_LIMIT = 64 * 1024
 CONTRACT_VERSION = 1
+#: Caps that keep memory flat and messages sane whatever the rows (rows of ``{}`` compress 500:1):
+#: a message's uncompressed body holds at most its header plus ``MAX_ROW_BYTES`` (1 MiB) of rows,
+#: and the compression-ratio estimate that sizes a gzip message never exceeds this. They are
+#: constants, not settings: a resumed drop must pack exactly as its first attempt did.
+MAX_COMPRESSION_RATIO = 64.0
+#: At most this many rows in one message (never reached by real rows of a few hundred bytes; it
+#: bounds the rows held in memory, and what a consumer handles per message, for rows like ``{}``).
+MAX_ROWS_PER_MESSAGE = 20_000
 _GZIP_WBITS = GZIP_WBITS  # older names; the encodings' home is shared/encodings.py
 _GZIP_LEVEL = GZIP_LEVEL
 _plus_one = (1).__add__  # a row's length plus its separator, without a Python-level call per row
@@ -98,7 +106,7 @@ class MessagePacker:
     def _raw_target(self) -> int:
         budget = self._body_limit - len(self._header(self.seq, self.rows, 10**9)) - 2
         if self._codec.compressed:
-            return int(budget * self._ratio * 0.95)
+            return min(int(budget * self._ratio * 0.95), MAX_ROW_BYTES)
         return budget
 
     def _fit_raw(self) -> int:
@@ -106,7 +114,7 @@ class MessagePacker:
         # The header is measured with the widest row count, not the number of rows pending: the
         # budget must not depend on how rows were batched, or a replay could pack differently.
         budget = self._body_limit - len(self._header(self.seq, self.rows, 10**9)) - 2
-        cumulative = list(accumulate(map(_plus_one, map(len, self._pending))))
+        cumulative = list(accumulate(map(_plus_one, map(len, islice(self._pending, MAX_ROWS_PER_MESSAGE)))))
         n = bisect_right(cumulative, budget + 1)  # the last row has no comma
         if n == 0:
             raise RowTooLarge(
@@ -121,13 +129,18 @@ class MessagePacker:
             payload = encode_body(self._body(n), self.encoding)
         else:
             limit = self.limit
-            cumulative = list(accumulate(map(_plus_one, map(len, self._pending))))
-            n = max(1, min(len(self._pending), bisect_right(cumulative, self._raw_target())))
+            if len(self._pending[0]) > MAX_ROW_BYTES:
+                raise RowTooLarge(
+                    f"row {self.rows + 1} is {len(self._pending[0])} bytes; a message carries at most"
+                    f" {MAX_ROW_BYTES} bytes of rows uncompressed"
+                )
+            cumulative = list(accumulate(map(_plus_one, map(len, islice(self._pending, MAX_ROWS_PER_MESSAGE)))))
+            n = max(1, min(len(cumulative), bisect_right(cumulative, self._raw_target())))
             while True:
                 body = self._body(n)
                 payload = encode_body(body, self.encoding)
                 if len(payload) <= limit:
-                    self._ratio = max(1.0, len(body) / max(1, len(payload) * 3 // 4))
+                    self._ratio = min(MAX_COMPRESSION_RATIO, max(1.0, len(body) / max(1, len(payload) * 3 // 4)))
                     break
                 if n == 1:
                     raise RowTooLarge(
@@ -146,7 +159,9 @@ class MessagePacker:
         """Add rows; yields every message that is full."""
         self._pending.extend(rows)
         self._pending_bytes += sum(map(len, rows))
-        while self._pending and self._pending_bytes + len(self._pending) > self._raw_target():
+        while self._pending and (
+            self._pending_bytes + len(self._pending) > self._raw_target() or len(self._pending) > MAX_ROWS_PER_MESSAGE
+        ):
             yield self._cut()
 
     def finish(self) -> Iterator[Message]:

@@ -19,6 +19,7 @@ import binascii
 import contextlib
 import email.utils
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from typing import Any
 from .errors import MetadataError, MetadataNotReady
 from .ids import GUID_RE as GUID_RE  # noqa: PLC0414 - re-exported; its home is shared.ids
 from .ids import is_guid
+from .jsondepth import json_depth
 
 #: The sixteen documented fields, in the documented spelling.
 FIELDS = (
@@ -48,8 +50,21 @@ FIELDS = (
     "DecryptionKeyDetails",
 )
 
-_KEY_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
-_MAX_METADATA_BYTES = 1 << 20
+_KEY_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{0,128}\Z")
+#: Larger is not a Metadata.json (a real one is a few KB); such a file is refused without being read.
+MAX_METADATA_BYTES = 1 << 20
+#: Nesting deeper than this is refused before parsing (a real Metadata.json nests 2 levels).
+MAX_METADATA_DEPTH = 16
+#: The longest text field accepted (ids, names, versions; a real one is well under 100 characters).
+MAX_FIELD_CHARS = 256
+#: The largest NumberOfRowsExtracted accepted (a trillion rows; the digits are bounded before int()).
+MAX_ROWS_EXPECTED = 10**12
+#: At most this many entries of ``Errors`` / ``ColumnsRequested`` are kept, each cut to this length.
+MAX_LIST_ENTRIES = 1000
+MAX_ERROR_CHARS = 1000
+#: Dates outside these years are refused (epoch numbers of any size included).
+MIN_YEAR, MAX_YEAR = 1970, 9999
+_DATE_TEXT_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,12 @@ def _text(d: dict[str, Any], name: str, *, required: bool = False) -> str:
         return ""
     if isinstance(v, bool) or not isinstance(v, str | int | float):
         raise MetadataError(f"{name} must be a string, not {type(v).__name__}")
-    return str(v).strip()
+    if isinstance(v, int) and v.bit_length() > 4 * MAX_FIELD_CHARS:
+        raise MetadataError(f"{name} is a number of more than {MAX_FIELD_CHARS} digits")
+    text = str(v).strip()
+    if len(text) > MAX_FIELD_CHARS:
+        raise MetadataError(f"{name} is {len(text)} characters long; at most {MAX_FIELD_CHARS} are accepted")
+    return text
 
 
 def _count(d: dict[str, Any], name: str, *, required: bool) -> int | None:
@@ -131,23 +151,44 @@ def _count(d: dict[str, Any], name: str, *, required: bool) -> int | None:
     if isinstance(v, bool):
         raise MetadataError(f"{name} must be a non-negative whole number, not {v!r}")
     if isinstance(v, float):
-        if not v.is_integer():
+        if not math.isfinite(v) or not v.is_integer():
             raise MetadataError(f"{name} must be a non-negative whole number, not {v!r}")
         v = int(v)
     if isinstance(v, str):
         s = v.strip()
-        if not re.fullmatch(r"\+?\d+(\.0+)?", s):
-            raise MetadataError(f"{name} must be a non-negative whole number, not {v!r}")
+        if not re.fullmatch(r"\+?\d{1,20}(\.0{1,20})?", s):
+            raise MetadataError(f"{name} must be a non-negative whole number, not {_shown(v)}")
         v = int(s.split(".")[0])
     if not isinstance(v, int) or v < 0:
-        raise MetadataError(f"{name} must be a non-negative whole number, not {v!r}")
+        raise MetadataError(f"{name} must be a non-negative whole number, not {_shown(v)}")
+    if v > MAX_ROWS_EXPECTED:
+        raise MetadataError(f"{name} is more than {MAX_ROWS_EXPECTED}: not a plausible row count")
     return v
 
 
+def _shown(value: object) -> str:
+    """A value for an error message, cut short (a hostile field may be megabytes long)."""
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else "a number of over 60 digits"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def parse_time(value: object, name: str) -> datetime | None:
-    """Parse an ISO-8601 string, a .NET-style date string or epoch seconds/ms; None if absent."""
+    """Parse an ISO-8601 string, a .NET-style date string or epoch seconds/ms; None if absent.
+
+    MetadataError for anything else, and for dates outside ``MIN_YEAR``..``MAX_YEAR``.
+    """
     if value is None or value == "":
         return None
+    try:
+        parsed = _parse_time(value, name)
+    except (OverflowError, OSError, ValueError):
+        raise MetadataError(f"{name} is not a date: {_shown(value)}") from None
+    if parsed is not None and not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise MetadataError(f"{name} is not a plausible date: {_shown(value)}")
+    return parsed
+
+
+def _parse_time(value: object, name: str) -> datetime | None:
     if isinstance(value, bool):
         raise MetadataError(f"{name} is not a date: {value!r}")
     if isinstance(value, int | float):
@@ -157,11 +198,13 @@ def parse_time(value: object, name: str) -> datetime | None:
         except (OverflowError, OSError, ValueError):
             raise MetadataError(f"{name} is not a date: {value!r}") from None
     if not isinstance(value, str):
-        raise MetadataError(f"{name} is not a date: {value!r}")
+        raise MetadataError(f"{name} is not a date: {_shown(value)}")
     s = value.strip()
+    if len(s) > _DATE_TEXT_CHARS:
+        raise MetadataError(f"{name} is not a date: {_shown(value)}")
     if re.fullmatch(r"\d{9,13}", s):
         return parse_time(int(s), name)
-    dotnet = re.fullmatch(r"/Date\((-?\d+)([+-]\d{4})?\)/", s)  # .NET JSON dates: /Date(1642291200000)/
+    dotnet = re.fullmatch(r"/Date\((-?\d{1,20})([+-]\d{4})?\)/", s)  # .NET JSON dates: /Date(1642291200000)/
     if dotnet:
         return datetime.fromtimestamp(int(dotnet.group(1)) / 1000, tz=UTC)
     iso = s.replace("Z", "+00:00").replace("z", "+00:00")
@@ -181,10 +224,15 @@ def parse_time(value: object, name: str) -> datetime | None:
             return datetime.strptime(s, fmt).replace(tzinfo=UTC)
         except ValueError:
             continue
-    raise MetadataError(f"{name} is not a date: {value!r}")
+    raise MetadataError(f"{name} is not a date: {_shown(value)}")
 
 
 def _errors(value: object) -> tuple[str, ...]:
+    """The extraction's errors, at most ``MAX_LIST_ENTRIES`` of at most ``MAX_ERROR_CHARS`` each (shown, never sent)."""
+    return tuple(e[:MAX_ERROR_CHARS] for e in _all_errors(value)[:MAX_LIST_ENTRIES])
+
+
+def _all_errors(value: object) -> tuple[str, ...]:
     if value is None or value in ("", [], {}):
         return ()
     if isinstance(value, str):
@@ -233,11 +281,13 @@ def parse_metadata(raw: bytes | str) -> DropMetadata:
     """
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
-    if len(raw) > _MAX_METADATA_BYTES:
+    if len(raw) > MAX_METADATA_BYTES:
         raise MetadataError(f"Metadata.json is {len(raw)} bytes; more than 1 MiB is not a metadata file")
     text = raw.removeprefix(b"\xef\xbb\xbf").strip()
     if not text:
         raise MetadataNotReady("Metadata.json is empty (not committed yet)")
+    if json_depth(text) > MAX_METADATA_DEPTH:
+        raise MetadataError(f"Metadata.json nests deeper than {MAX_METADATA_DEPTH} levels; it is not a metadata file")
     try:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -268,9 +318,9 @@ def parse_metadata(raw: bytes | str) -> DropMetadata:
         raise MetadataError("Metadata.json has no DecryptionKeyDetails")
     columns_raw = d.get("columnsrequested")
     if isinstance(columns_raw, list):
-        columns = tuple(str(c).strip() for c in columns_raw if str(c).strip())
+        columns = tuple(str(c).strip()[:MAX_FIELD_CHARS] for c in columns_raw[:MAX_LIST_ENTRIES] if str(c).strip())
     elif isinstance(columns_raw, str):
-        columns = tuple(c.strip() for c in columns_raw.split(",") if c.strip())
+        columns = tuple(c.strip()[:MAX_FIELD_CHARS] for c in columns_raw.split(",", MAX_LIST_ENTRIES) if c.strip())
     elif columns_raw is None:
         columns = ()
     else:

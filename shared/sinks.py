@@ -18,8 +18,9 @@ from typing import Any, BinaryIO
 from azure.core.exceptions import HttpResponseError
 from azure.storage.queue import QueueClient
 
-from .errors import LeaseLost, ReplayMismatch, TransientError
+from .errors import LeaseLost, ReplayMismatch, StoreRejected, TransientError, is_permanent_status
 from .messages import Envelope, Message, MessagePacker
+from .watermark import AckWatermark
 
 
 class RowSink(ABC):
@@ -177,15 +178,12 @@ class QueueSink(PackedSink):
         before_put: Callable[[Message], None] | None = None,
     ) -> None:
         super().__init__(envelope, encoding, skip_through=skip_through, skip_rows=skip_rows)
-        self._end_rows: dict[int, int] = {}
-        self._watermark_rows = skip_rows or 0
+        self._mark = AckWatermark(skip_through, skip_rows or 0)
         self.queue = queue
         self.time_to_live = time_to_live
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="queue-put")
         self._slots = threading.BoundedSemaphore(concurrency * 2)
         self._lock = threading.Lock()
-        self._acked: set[int] = set()
-        self._watermark = skip_through
         self._error: BaseException | None = None
         self._inflight: set[Future[None]] = set()
         self._sent = 0
@@ -208,18 +206,15 @@ class QueueSink(PackedSink):
                 self._error = self._error or exc
             else:
                 self._sent += 1
-                self._acked.add(message.seq)
-                self._end_rows[message.seq] = message.first_row + message.row_count
-                while self._watermark + 1 in self._acked:
-                    self._watermark += 1
-                    self._acked.discard(self._watermark)
-                    self._watermark_rows = self._end_rows.pop(self._watermark)
+                self._mark.ack(message.seq, message.first_row + message.row_count)
         self._slots.release()
 
     def _raise_if_failed(self) -> None:
         err = self._error
         if err is None:
             return
+        if isinstance(err, HttpResponseError) and is_permanent_status(err.status_code):
+            raise StoreRejected(f"the queue refused a message: HTTP {err.status_code} {err.reason}") from err
         if isinstance(err, HttpResponseError):
             raise TransientError(f"queue put failed with HTTP {err.status_code}: {err.reason}") from err
         if isinstance(err, LeaseLost):
@@ -261,13 +256,13 @@ class QueueSink(PackedSink):
     def delivered_seq(self) -> int:
         """Contiguous acknowledged watermark."""
         with self._lock:
-            return self._watermark
+            return self._mark.seq
 
     @property
     def delivered_rows(self) -> int:
         """Rows held by the messages up to the watermark."""
         with self._lock:
-            return self._watermark_rows
+            return self._mark.rows
 
     @property
     def messages_sent(self) -> int:

@@ -8,17 +8,20 @@ rule lives in :func:`natural_key` and nowhere else.
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
-from .errors import NoDataFiles, TransientError
+from .errors import DataReplaced, MetadataError, NoDataFiles, TransientError, UnsafeDropFolder
 from .location import METADATA_SUFFIX, DropLocation, is_metadata_blob
+from .metadata import MAX_METADATA_BYTES
 
 CHUNK_BYTES = 4 * 1024 * 1024
 _DIGITS = re.compile(r"(\d+)")
@@ -35,6 +38,12 @@ class DataFile:
 
     name: str  # blob name or path relative to the source root
     size: int
+    #: The blob's ETag when listed ('' for local files): it is read only while the ETag is unchanged.
+    etag: str = ""
+
+
+def _too_large(size: int) -> MetadataError:
+    return MetadataError(f"Metadata.json is {size} bytes; more than {MAX_METADATA_BYTES} is not a metadata file")
 
 
 def _is_data_file(relative: str) -> bool:
@@ -58,6 +67,8 @@ class DropSource(ABC):
     """Reads a drop's Metadata.json and data files."""
 
     location: DropLocation
+    #: The ETag of the Metadata.json version :meth:`read_metadata` returned ('' when unknown).
+    metadata_etag: str = ""
 
     @abstractmethod
     def read_metadata(self) -> bytes:
@@ -90,12 +101,25 @@ class BlobDropSource(DropSource):
         self.chunk_bytes = chunk_bytes
 
     def read_metadata(self) -> bytes:
-        """Download Metadata.json."""
+        """Download Metadata.json (MetadataError without reading it when it is over the size limit)."""
         try:
-            return self.container.download_blob(self.location.metadata_path).readall()
+            # Read one byte more than the limit at most: a huge file is refused without loading it.
+            downloader = self.container.download_blob(
+                self.location.metadata_path, offset=0, length=MAX_METADATA_BYTES + 1
+            )
+            total = int(downloader.properties.size or 0)
+            if total > MAX_METADATA_BYTES:
+                raise _too_large(total)
+            data = downloader.readall()
+            self.metadata_etag = str(downloader.properties.etag or "")
+            return data
         except ResourceNotFoundError:
             return b""
-        except (HttpResponseError, AzureError) as exc:
+        except HttpResponseError as exc:
+            if exc.status_code == 416:
+                return b""  # a range of an empty blob: the file is announced but not committed yet
+            raise TransientError(f"could not read {self.location.metadata_path}: {exc}") from exc
+        except AzureError as exc:
             raise TransientError(f"could not read {self.location.metadata_path}: {exc}") from exc
 
     def list_data_files(self) -> list[DataFile]:
@@ -106,16 +130,34 @@ class BlobDropSource(DropSource):
         except (HttpResponseError, AzureError) as exc:
             raise TransientError(f"could not list the drop {self.location.url_path}: {exc}") from exc
         sizes = {b.name[len(prefix) :]: b.size or 0 for b in blobs}
+        etags = {b.name[len(prefix) :]: str(b.etag or "") for b in blobs}
         return [
-            DataFile(name=prefix + name, size=sizes[name]) for name in data_file_names(list(sizes)) if sizes[name] > 0
+            DataFile(name=prefix + name, size=sizes[name], etag=etags[name])
+            for name in data_file_names(list(sizes))
+            if sizes[name] > 0
         ]
 
     def open_chunks(self, data_file: DataFile) -> Iterator[bytes | memoryview]:
-        """Chunked download (one chunk in memory at a time)."""
+        """Chunked download (one chunk in memory at a time), only while the blob keeps its listed ETag."""
         try:
-            downloader = self.container.download_blob(data_file.name, max_concurrency=1)
+            downloader = self.container.download_blob(
+                data_file.name,
+                max_concurrency=1,
+                etag=data_file.etag or None,
+                match_condition=MatchConditions.IfNotModified if data_file.etag else None,
+            )
             yield from downloader.chunks()
-        except (HttpResponseError, AzureError) as exc:
+        except ResourceModifiedError:
+            raise DataReplaced(
+                f"data file {data_file.name} was replaced while it was being read (another run wrote there)"
+            ) from None
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                raise DataReplaced(
+                    f"data file {data_file.name} was replaced while it was being read (another run wrote there)"
+                ) from None
+            raise TransientError(f"download of {data_file.name} failed: {exc}") from exc
+        except AzureError as exc:
             raise TransientError(f"download of {data_file.name} failed: {exc}") from exc
 
 
@@ -128,13 +170,29 @@ class FolderDropSource(DropSource):
         self.location = DropLocation(account="local", container="local", drop_root=str(self.root.resolve()))
 
     def read_metadata(self) -> bytes:
-        """Read Metadata.json ('' when it does not exist)."""
+        """Read Metadata.json ('' when it does not exist); refuse a symbolic link or an oversized file."""
         path = self.root / METADATA_SUFFIX
-        return path.read_bytes() if path.is_file() else b""
+        if path.is_symlink():
+            raise UnsafeDropFolder(f"{METADATA_SUFFIX} is a symbolic link; refusing to follow it out of the drop")
+        if not path.is_file():
+            return b""
+        size = path.stat().st_size
+        if size > MAX_METADATA_BYTES:
+            raise _too_large(size)
+        return path.read_bytes()
 
     def list_data_files(self) -> list[DataFile]:
-        """Files below the folder, except metadata/."""
-        sizes = {p.relative_to(self.root).as_posix(): p.stat().st_size for p in self.root.rglob("*") if p.is_file()}
+        """Files below the folder, except metadata/; a symbolic link anywhere in it is refused."""
+        sizes: dict[str, int] = {}
+        for folder, dirs, files in os.walk(self.root, followlinks=False):
+            for entry in [*dirs, *files]:
+                path = Path(folder) / entry
+                if path.is_symlink():
+                    where = path.relative_to(self.root).as_posix()
+                    raise UnsafeDropFolder(f"the drop folder holds a symbolic link ({where}); refusing to follow it")
+            for entry in files:
+                path = Path(folder) / entry
+                sizes[path.relative_to(self.root).as_posix()] = path.stat().st_size
         return [DataFile(name=name, size=sizes[name]) for name in data_file_names(list(sizes)) if sizes[name] > 0]
 
     def open_chunks(self, data_file: DataFile) -> Iterator[bytes | memoryview]:

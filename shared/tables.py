@@ -19,10 +19,10 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 
 from .clock import Clock, to_utc, utc_now
-from .errors import TransientError
+from .errors import StoreRejected, TransientError, is_permanent_status
 
 T = TypeVar("T")
 
@@ -73,6 +73,9 @@ class TableStore:
         except HttpResponseError as exc:
             if exc.status_code == 412:
                 raise ResourceModifiedError(message=str(exc), response=exc.response) from exc
+            if is_permanent_status(exc.status_code):
+                # The request itself is wrong (a value too large for the table, say): retrying cannot help.
+                raise StoreRejected(f"{self.label} {what} refused: HTTP {exc.status_code} {exc.reason}") from exc
             raise TransientError(f"{self.label} {what} failed: HTTP {exc.status_code} {exc.reason}") from exc
         except AzureError as exc:
             raise TransientError(f"{self.label} {what} failed: {exc}") from exc
@@ -106,7 +109,7 @@ class TableStore:
     def insert_entity(self, entity: dict[str, Any]) -> str:
         """Create an entity (ResourceExistsError if it exists); returns its ETag."""
         self.ensure()
-        meta = self.call("insert", lambda: self.table.create_entity(entity))
+        meta = self.call("insert", lambda: self.table.create_entity(as_int64(entity)))
         return str(meta.get("etag", ""))
 
     def replace_entity(self, entity: dict[str, Any], etag: str) -> str:
@@ -115,15 +118,31 @@ class TableStore:
         meta = self.call(
             "update",
             lambda: self.table.update_entity(
-                entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                as_int64(entity), mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
             ),
         )
         return str(meta.get("etag", ""))
 
 
+def as_int64(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """``entity`` with every whole number typed Int64.
+
+    The Tables SDK writes a plain Python int as Int32 and refuses one above 2**31 - 1 (a drop of
+    more than 2 GiB of plaintext, say); every counter and size of every store is Int64 instead.
+    """
+    return {
+        k: EntityProperty(v, EdmType.INT64) if isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in entity.items()
+    }
+
+
 def entity_props(entity: Mapping[str, Any]) -> dict[str, Any]:
-    """An entity's columns without its keys."""
-    return {k: v for k, v in dict(entity).items() if k not in ("PartitionKey", "RowKey")}
+    """An entity's columns without its keys (Int64 columns as plain ints)."""
+    return {
+        k: v.value if isinstance(v, EntityProperty) else v
+        for k, v in dict(entity).items()
+        if k not in ("PartitionKey", "RowKey")
+    }
 
 
 def entity_etag(entity: Any) -> str:

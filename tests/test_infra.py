@@ -99,6 +99,7 @@ CODE_SETTINGS = {
     "DATA_FACTORY_NAME": None,
     "DATA_FACTORY_PIPELINE": "ExportO365DataEvents",
     "RUN_NO_DROP_ALERT_HOURS": "24",
+    "MAX_BLANK_LINE_BYTES": "1048576",
     "RECHECK_SCHEDULE": "0 */5 * * * *",
     "PIPELINE_SCHEDULE": "0 0 6 * * Mon",
     "RUN_POLL_SCHEDULE": "0 */10 * * * *",
