@@ -25,6 +25,7 @@ from .config import input_limits
 from .contract import CheckingValidator, ContractCheck
 from .errors import (
     BadRow,
+    ConfigError,
     DataReplaced,
     DropError,
     ExtractionFailed,
@@ -602,6 +603,8 @@ def _last_resort(rt: Runtime, location: DropLocation, exc: Exception) -> IngestO
     the re-check; anything else fails it with that reason.
     """
     tenant = location.tenant_from_location or "unknown"
+    if isinstance(exc, ConfigError):
+        return _wait_for_configuration(rt, location, tenant, exc)
     if isinstance(exc, DropError):  # a store refused the drop's own record (StoreRejected, say)
         with contextlib.suppress(Exception):
             rt.ledger.mark_failed(location, tenant, exc.code, exc.reason)
@@ -621,6 +624,22 @@ def _last_resort(rt: Runtime, location: DropLocation, exc: Exception) -> IngestO
         log.error("drop %s: could not record %s (%s)", location.drop_id, code, type(again).__name__)
         return IngestOutcome("error", location.drop_id, tenant, reason, code)
     return IngestOutcome("failed", location.drop_id, tenant, reason, code)
+
+
+def _wait_for_configuration(rt: Runtime, location: DropLocation, tenant: str, exc: ConfigError) -> IngestOutcome:
+    """A setting, not the drop, is wrong (a missing partner secret, say): keep the drop waiting, say why.
+
+    The re-check timer tries it again, so it is delivered once the setting is fixed; failing it would
+    blame the customer's data. A configuration message names settings, never row values.
+    """
+    reason = f"configuration: {exc}"
+    log.error("drop %s of tenant %s waits: %s", location.drop_id, tenant, reason)
+    try:
+        rt.ledger.mark_waiting(location, tenant, reason)
+    except Exception as again:  # the ledger itself is out of reach: the log line above is all there is
+        log.error("drop %s: could not record the configuration error (%s)", location.drop_id, type(again).__name__)
+        return IngestOutcome("error", location.drop_id, tenant, reason, "config")
+    return IngestOutcome("waiting", location.drop_id, tenant, reason, "config")
 
 
 def recheck_drops(rt: Runtime) -> list[IngestOutcome]:

@@ -277,13 +277,18 @@ def test_bad_settings_are_configuration_errors_at_start(relay: Relay, kv: KeyVau
         Settings.from_env(relay.env | {"ROW_COLUMNS": "PersonId,MetricDate"})
     with pytest.raises(ConfigError, match="SCHEMA_POLICY"):
         Settings.from_env(relay.env | {"SCHEMA_POLICY": "ignore"})
-    # A missing secret stops the ingest before the drop is touched (folder and Key Vault).
+    # A missing secret stops the ingest before anything is read or sent (folder and Key Vault): the
+    # drop waits with the configuration reason (the re-check delivers it once the secret exists).
     tenant = relay.new_tenant()
     _, path = relay.drop(tenant, rows=5)
     missing = Runtime(Settings.from_env(relay.env | {"PSEUDONYMISE": "true"}))
-    with pytest.raises(ConfigError, match="secret"):
-        ingest(relay, path, missing)
-    assert list(relay.rt.ledger.list(tenant=tenant)) == []
+    outcome = ingest(relay, path, missing)
+    assert (outcome.status, outcome.code) == ("waiting", "config") and "secret" in outcome.reason
+    [record] = list(relay.rt.ledger.list(tenant=tenant))
+    assert record.state == "waiting" and str(record.props["Reason"]).startswith("configuration: ")
+    assert relay.messages() == []
+    write_secret(relay)
+    assert ingest(relay, path, missing).status == "delivered"
     vault = Settings.from_env(relay.env | {"PSEUDONYMISE": "true", "KEY_SOURCE": "keyvault", "KEY_VAULT_URL": kv.url})
     in_vault = Runtime(vault, credential=kv.credential, keyvault_kwargs=kv.client_kwargs())
     with pytest.raises(ConfigError, match="no secret"):
@@ -304,8 +309,10 @@ def test_drops_list_flags_drift_and_show_prints_the_report(
         monkeypatch.setenv(key, value)
     capsys.readouterr()
     assert main(["drops", "list"]) == 0
-    [line] = [x for x in capsys.readouterr().out.splitlines() if drop_id in x]
-    assert " delivered " in line and "schema drift: " in line and "renamed" in line
+    out = capsys.readouterr().out
+    [line] = [x for x in out.splitlines() if drop_id in x]
+    assert " delivered " in line and "schema drift: " in line
+    assert "renamed" in out[out.index(drop_id) :]  # a long reason folds onto the next lines, never cut
     assert main(["drops", "list", "--json"]) == 0
     [doc] = [d for d in json.loads(capsys.readouterr().out) if d["drop_id"] == drop_id]
     assert doc["schema_drift"] is True

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from shared import __version__
+from shared.errors import ConfigError
 from shared.runtime import TEST_TOKEN_SETTING
 
 from . import common, consent, consume, drop, drops, keys, runs, status, tenants
@@ -58,20 +58,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return common.EXIT_OK
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    _install_development_credentials()
+    _install_development_credentials(args)
     handler: common.Handler = args.handler
     return common.run_handler(handler, args)
 
 
-def _install_development_credentials() -> None:
-    """With ``VIVA_RELAY_TEST_TOKEN`` set (tests, demo: local stand-ins), use the development token hook.
+def _install_development_credentials(args: argparse.Namespace) -> None:
+    """With ``VIVA_RELAY_TEST_TOKEN`` set (tests, demo, ``make dev``: local stand-ins), use the development token hook.
 
-    It lives in devtools/ (a checkout's development tools), never in the deployed app.
+    The setting may come from the environment or from the settings file the command reads (``make dev``
+    writes it into local.settings.json). The hook lives in devtools/ (a checkout's development tools),
+    never in the deployed app, and only ever sends its token to loopback stand-ins.
     """
-    if os.environ.get(TEST_TOKEN_SETTING, "").strip():
+    try:
+        env = common.load_env(args)
+    except ConfigError:
+        return  # the command itself reports the unreadable settings file
+    if env.get(TEST_TOKEN_SETTING, "").strip():
         from devtools.testtoken import install_if_requested
 
-        install_if_requested()
+        install_if_requested(env)
 
 
 if __name__ == "__main__":
