@@ -48,16 +48,17 @@ from .location import METADATA_SUFFIX, DropLocation, is_metadata_blob, location_
 from .manifest import COLUMN as READ_BLOBS
 from .manifest import ReadBlob, parse_manifest, same_etag
 from .runtime import Runtime
+from .status import Status
 from .tables import as_utc, utcnow
 
 log = logging.getLogger("viva_relay")
 
 #: What a deletion result's ``status`` can be.
-DELETED_STATUS = "deleted"
-WOULD_DELETE = "would_delete"  # dry run
-SKIPPED = "skipped"  # not ours to delete (state, another cleanup, not yet due)
-REFUSED = "refused"  # deletable by state, but something does not add up: nothing deleted
-ERROR = "error"  # storage or ledger failure; the next run retries
+DELETED_STATUS = Status.DELETED
+WOULD_DELETE = Status.WOULD_DELETE  # dry run
+SKIPPED = Status.SKIPPED  # not ours to delete (state, another cleanup, not yet due)
+REFUSED = Status.REFUSED  # deletable by state, but something does not add up: nothing deleted
+ERROR = Status.ERROR  # storage or ledger failure; the next run retries
 
 ORPHAN_UNKNOWN = "unknown"  # a Metadata.json whose drop has no ledger row
 ORPHAN_LEFT_AFTER_DELETION = "left_after_deletion"  # the ledger says deleted, the Metadata.json is there

@@ -53,6 +53,7 @@ from .retry import with_retries
 from .runtime import Runtime
 from .sinks import RowSink
 from .sources import BlobDropSource, DataFile, DropSource
+from .status import Status
 from .tables import as_utc
 from .transforms import RowStage
 
@@ -91,7 +92,7 @@ class StreamStats:
 class IngestOutcome:
     """The result of one ingest call, for logs, the demo and tests."""
 
-    status: str  # delivered | failed | waiting | skipped | ignored
+    status: Status  # one of shared.status.Status: delivered, skipped, waiting, retrying, failed, error, ignored
     drop_id: str = ""
     tenant: str = ""
     reason: str = ""
@@ -305,7 +306,7 @@ def _fail(
 ) -> IngestOutcome:
     rt.ledger.mark_failed(location, tenant, exc.code, exc.reason, record=record, details=details)
     log.error("drop %s of tenant %s failed (%s): %s", location.drop_id, tenant, exc.code, exc.reason)
-    return IngestOutcome("failed", location.drop_id, tenant, exc.reason, exc.code)
+    return IngestOutcome(Status.FAILED, location.drop_id, tenant, exc.reason, exc.code)
 
 
 def ingest_drop(
@@ -342,22 +343,22 @@ def ingest_drop(
             log.info("drop %s: a new run's drop at a reused root %s", location.drop_id, location.url_path)
         elif settled is not None:
             # A late duplicate event (Event Grid delivers at least once), possibly after cleanup.
-            return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
+            return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, f"already {settled.state}")
     except (MetadataNotReady, MetadataError) as exc:
         if settled is not None:
             # Nothing new can be read there (a duplicate event after cleanup, say): the settled drop stands.
-            return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
+            return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, f"already {settled.state}")
         if isinstance(exc, MetadataError):
             return _fail(rt, location, tenant, exc, None)
         record = rt.ledger.mark_waiting(location, tenant, str(exc))
         first = record.props.get("FirstSeen")
         if first is not None and rt.clock() - first > timedelta(hours=settings.waiting_give_up_hours):
             return _fail(rt, location, tenant, MetadataError(f"Metadata.json never became valid: {exc}"), None)
-        return IngestOutcome("waiting", location.drop_id, tenant, str(exc))
+        return IngestOutcome(Status.WAITING, location.drop_id, tenant, str(exc))
     if location.generation:
         again = rt.ledger.get(tenant, location.drop_id)
         if again is not None and again.state in (DELIVERED, DELETED):
-            return IngestOutcome("skipped", location.drop_id, tenant, f"already {again.state}")
+            return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, f"already {again.state}")
     details = _metadata_columns(md)
     try:
         check_tenant(location, md)
@@ -372,7 +373,7 @@ def ingest_drop(
     claim = rt.ledger.claim(location, tenant, owner, settings.drop_lease_seconds, details=details)
     if not claim.claimed:
         log.info("drop %s not processed: %s", location.drop_id, claim.why)
-        return IngestOutcome("skipped", location.drop_id, tenant, claim.why)
+        return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, claim.why)
     record = claim.record
     if int(record.props.get("Attempts", 1)) > MAX_ATTEMPTS and not record.props.get(COMPLETE_SENT):
         last = str(record.props.get("LastError", "unknown error"))
@@ -499,7 +500,7 @@ def ingest_drop(
             stats.algorithm,
         )
         return IngestOutcome(
-            "delivered",
+            Status.DELIVERED,
             location.drop_id,
             tenant,
             rows=stats.rows,
@@ -519,14 +520,14 @@ def ingest_drop(
             return _fail(rt, location, tenant, exc, record)
         rt.ledger.defer(record, exc.reason)
         log.warning("drop %s of tenant %s is waiting: %s", location.drop_id, tenant, exc.reason)
-        return IngestOutcome("waiting", location.drop_id, tenant, exc.reason, exc.code)
+        return IngestOutcome(Status.WAITING, location.drop_id, tenant, exc.reason, exc.code)
     except DropError as exc:
         _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), exc)
         report = exc.report if isinstance(exc, SchemaViolation) else None
         return _fail(rt, location, tenant, exc, record, rowplan.schema_columns(report) or None)
     except LeaseLost as exc:
         log.warning("drop %s: %s", location.drop_id, exc)
-        return IngestOutcome("skipped", location.drop_id, tenant, str(exc))
+        return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, str(exc))
     except AzureError as exc:
         # An SDK error no layer below classified (creating the queue while it is unreachable, say):
         # the HTTP status decides; without one it is a network problem, so transient.
@@ -538,14 +539,14 @@ def ingest_drop(
         reason = f"storage unreachable: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
         rt.ledger.release(record, reason)
         log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, reason)
-        return IngestOutcome("retrying", location.drop_id, tenant, reason, "transient")
+        return IngestOutcome(Status.RETRYING, location.drop_id, tenant, reason, "transient")
     except TransientError as exc:
         # Give the lease back and return normally: the re-check timer resumes the drop from its
         # checkpoint a few minutes later, so an outage neither crash-loops the trigger nor burns the
         # retry budget in seconds.
         rt.ledger.release(record, str(exc))
         log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, exc)
-        return IngestOutcome("retrying", location.drop_id, tenant, str(exc), "transient")
+        return IngestOutcome(Status.RETRYING, location.drop_id, tenant, str(exc), "transient")
     except Exception as exc:
         # Nobody expected this one. Record only a code and the exception's type (its message may
         # quote row values), give the lease back and return: the re-check tries again, and the
@@ -554,7 +555,7 @@ def ingest_drop(
         log.error("drop %s of tenant %s: %s; it will be retried by the re-check", location.drop_id, tenant, what)
         with contextlib.suppress(Exception):
             rt.ledger.release(record, what)
-        return IngestOutcome("retrying", location.drop_id, tenant, what, INTERNAL_ERROR)
+        return IngestOutcome(Status.RETRYING, location.drop_id, tenant, what, INTERNAL_ERROR)
 
 
 def _delete_now(rt: Runtime, record: DropRecord) -> None:
@@ -576,15 +577,15 @@ def _deliver_after_completion(rt: Runtime, record: DropRecord) -> IngestOutcome:
     record = rt.ledger.mark_delivered(record, {"Rows": rows, "Messages": messages, "MessagesPutThisAttempt": 0})
     _delete_now(rt, record)
     log.info("drop %s of tenant %s: completion sent earlier; now recorded as delivered", record.drop_id, record.tenant)
-    return IngestOutcome("delivered", record.drop_id, record.tenant, rows=rows, messages=messages)
+    return IngestOutcome(Status.DELIVERED, record.drop_id, record.tenant, rows=rows, messages=messages)
 
 
 def ingest_metadata_blob(rt: Runtime, container: str, blob_name: str, metadata: bytes | None = None) -> IngestOutcome:
     """What the blob trigger calls for ``container/blob_name`` (any blob: non-drops are ignored)."""
     if container != rt.settings.landing_container:
-        return IngestOutcome("ignored", reason=f"container {container} is not {rt.settings.landing_container}")
+        return IngestOutcome(Status.IGNORED, reason=f"container {container} is not {rt.settings.landing_container}")
     if not is_metadata_blob(blob_name):
-        return IngestOutcome("ignored", reason=f"{blob_name} is not a Metadata.json")
+        return IngestOutcome(Status.IGNORED, reason=f"{blob_name} is not a Metadata.json")
     location = location_from_blob(rt.landing_account, container, blob_name)
     try:
         source = BlobDropSource(rt.landing_container(container), location)
@@ -605,7 +606,7 @@ def _last_resort(rt: Runtime, location: DropLocation, exc: Exception) -> IngestO
     if isinstance(exc, DropError):  # a store refused the drop's own record (StoreRejected, say)
         with contextlib.suppress(Exception):
             rt.ledger.mark_failed(location, tenant, exc.code, exc.reason)
-        return IngestOutcome("failed", location.drop_id, tenant, exc.reason, exc.code)
+        return IngestOutcome(Status.FAILED, location.drop_id, tenant, exc.reason, exc.code)
     transient = isinstance(exc, TransientError) or (
         isinstance(exc, AzureError) and not is_permanent_status(getattr(exc, "status_code", None))
     )
@@ -615,12 +616,12 @@ def _last_resort(rt: Runtime, location: DropLocation, exc: Exception) -> IngestO
     try:
         if transient:
             rt.ledger.mark_waiting(location, tenant, reason)
-            return IngestOutcome("waiting", location.drop_id, tenant, reason, code)
+            return IngestOutcome(Status.WAITING, location.drop_id, tenant, reason, code)
         rt.ledger.mark_failed(location, tenant, code, reason)
     except Exception as again:  # the ledger itself is out of reach: the log line above is all there is
         log.error("drop %s: could not record %s (%s)", location.drop_id, code, type(again).__name__)
-        return IngestOutcome("error", location.drop_id, tenant, reason, code)
-    return IngestOutcome("failed", location.drop_id, tenant, reason, code)
+        return IngestOutcome(Status.ERROR, location.drop_id, tenant, reason, code)
+    return IngestOutcome(Status.FAILED, location.drop_id, tenant, reason, code)
 
 
 def recheck_drops(rt: Runtime) -> list[IngestOutcome]:
@@ -635,5 +636,5 @@ def recheck_drops(rt: Runtime) -> list[IngestOutcome]:
             outcomes.append(ingest_metadata_blob(rt, loc.container, loc.metadata_path))
         except Exception as exc:
             log.exception("re-check of drop %s failed", record.drop_id)
-            outcomes.append(IngestOutcome("error", record.drop_id, record.tenant, str(exc)))
+            outcomes.append(IngestOutcome(Status.ERROR, record.drop_id, record.tenant, str(exc)))
     return outcomes

@@ -37,6 +37,7 @@ from shared.metadata import parse_metadata
 from shared.runtime import default_credential
 from shared.sinks import StreamSink
 from shared.sources import BlobDropSource, DropSource, FolderDropSource
+from shared.status import Status, exit_code
 
 from . import common
 from .keysource import add_key_source_options, key_source
@@ -455,8 +456,9 @@ def ingest_command(args: argparse.Namespace) -> int:
         )
     outcome = ingest_metadata_blob(rt, container, blob)
     print(json.dumps(outcome.as_dict(), indent=2, default=str))
-    if outcome.status in ("delivered", "skipped"):
-        return common.EXIT_OK
-    if outcome.status == "failed":
-        return common.fail(f"{outcome.code}: {outcome.reason}")
-    return common.fail(f"{outcome.status}: {outcome.reason}", common.EXIT_TRANSIENT)
+    code = exit_code([outcome.status], "drop ingest")
+    if code == common.EXIT_OK:
+        return code
+    if outcome.status == Status.FAILED:
+        return common.fail(f"{outcome.code}: {outcome.reason}", code)
+    return common.fail(f"{outcome.status}: {outcome.reason}", code)
