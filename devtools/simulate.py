@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from isal import isal_zlib
 
 from shared.keyfolder import padding_for
-from shared.location import METADATA_SUFFIX
+from shared.location import metadata_path_of, sample_drop_root
 from shared.metadata import FIELDS
 
 SAMPLE_FILE = "person_week_sample.csv"
@@ -350,7 +350,7 @@ class FolderWriter(DropWriter):
 
     def write_metadata(self, body: bytes) -> str:
         """Write the metadata file last."""
-        path = self.root / METADATA_SUFFIX
+        path = self.root / metadata_path_of("")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
         return str(path)
@@ -395,7 +395,7 @@ class BlobWriter(DropWriter):
 
     def write_metadata(self, body: bytes) -> str:
         """Upload Metadata.json."""
-        name = self._name(METADATA_SUFFIX)
+        name = metadata_path_of(self.drop_root)
         self.container.upload_blob(name, body, overwrite=True)
         return name
 
@@ -403,7 +403,7 @@ class BlobWriter(DropWriter):
 def sample_layout_root(tenant_id: str, run_id: str | None = None) -> tuple[str, str]:
     """Microsoft's sample layout: ``<RunId>/VivaInsights/<tenant id>`` (and the run id)."""
     run = run_id or str(uuid.uuid4())
-    return f"{run}/VivaInsights/{tenant_id}", run
+    return sample_drop_root(run, tenant_id), run
 
 
 def parse_size(text: str) -> int:

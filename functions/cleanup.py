@@ -9,6 +9,7 @@ import azure.functions as func
 
 from shared.cleanup import cleanup_drops as run_cleanup
 from shared.runtime import get_runtime
+from shared.status import Status
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 log = logging.getLogger("viva_relay")
@@ -41,5 +42,5 @@ def cleanup_drops(timer: func.TimerRequest) -> None:
             f.newest.isoformat(),
         )
     if not report.ok:
-        problems = [d.as_dict() for d in report.drops if d.status in ("refused", "error")]
+        problems = [d.as_dict() for d in report.drops if d.status in (Status.REFUSED, Status.ERROR)]
         log.error("cleanup problems: %s %s", json.dumps(problems, default=str), report.orphan_error)

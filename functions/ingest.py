@@ -9,7 +9,7 @@ import azure.functions as func
 
 from shared.config import LANDING_CONNECTION
 from shared.ingest import ingest_metadata_blob
-from shared.location import METADATA_SUFFIX, split_trigger_path
+from shared.location import TRIGGER_PATH, split_trigger_path
 from shared.runtime import get_runtime
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
@@ -18,7 +18,7 @@ log = logging.getLogger("viva_relay")
 #: One trigger watches one container (the part before the first '/'; an app setting is allowed).
 #: With source=EventGrid the host does not filter by this path: the Event Grid subscription filters
 #: on the Metadata.json suffix and ``ingest_metadata_blob`` checks the name again.
-INGEST_PATH = "%LANDING_CONTAINER%/{droproot}/" + METADATA_SUFFIX
+INGEST_PATH = TRIGGER_PATH  # the landing layout decides it (shared.location)
 
 
 @bp.function_name("ingest_drop")

@@ -42,22 +42,24 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import ContainerClient
 
+from . import location as layout
 from .errors import TransientError
 from .ledger import DELETED, DELIVERED, FAILED, DropRecord, new_owner_id
-from .location import METADATA_SUFFIX, DropLocation, is_metadata_blob, location_from_blob
+from .location import DropLocation, is_metadata_blob, location_from_blob
 from .manifest import COLUMN as READ_BLOBS
 from .manifest import ReadBlob, parse_manifest, same_etag
 from .runtime import Runtime
+from .status import Status
 from .tables import as_utc, utcnow
 
 log = logging.getLogger("viva_relay")
 
 #: What a deletion result's ``status`` can be.
-DELETED_STATUS = "deleted"
-WOULD_DELETE = "would_delete"  # dry run
-SKIPPED = "skipped"  # not ours to delete (state, another cleanup, not yet due)
-REFUSED = "refused"  # deletable by state, but something does not add up: nothing deleted
-ERROR = "error"  # storage or ledger failure; the next run retries
+DELETED_STATUS = Status.DELETED
+WOULD_DELETE = Status.WOULD_DELETE  # dry run
+SKIPPED = Status.SKIPPED  # not ours to delete (state, another cleanup, not yet due)
+REFUSED = Status.REFUSED  # deletable by state, but something does not add up: nothing deleted
+ERROR = Status.ERROR  # storage or ledger failure; the next run retries
 
 ORPHAN_UNKNOWN = "unknown"  # a Metadata.json whose drop has no ledger row
 ORPHAN_LEFT_AFTER_DELETION = "left_after_deletion"  # the ledger says deleted, the Metadata.json is there
@@ -191,21 +193,9 @@ def list_blobs(container: ContainerClient, prefix: str) -> list[BlobEntry]:
         raise TransientError(f"could not list {container.container_name}/{prefix}: {exc}") from exc
 
 
-def _is_metadata(relative: str) -> bool:
-    # The same rule as the ingest's source listing: the drop's metadata/ folder, any case.
-    return relative.split("/", 1)[0].lower() == "metadata"
-
-
 def nested_drop_roots(blobs: Iterable[BlobEntry], drop_root: str) -> list[str]:
     """Roots of other drops below ``drop_root`` (a Metadata.json deeper than the drop's own)."""
-    roots = []
-    prefix = f"{drop_root}/" if drop_root else ""
-    for b in blobs:
-        if b.name.startswith(prefix) and is_metadata_blob(b.name):
-            root = location_from_blob("", "", b.name).drop_root
-            if root != drop_root:
-                roots.append(root)
-    return roots
+    return layout.nested_drop_roots((b.name for b in blobs), drop_root)
 
 
 def plan_deletion(
@@ -242,7 +232,7 @@ def plan_deletion(
             continue
         if any(r.startswith(b.name + "/") for r in nested):
             continue  # a folder that holds another drop
-        in_metadata = _is_metadata(relative)
+        in_metadata = layout.is_metadata_file(relative)  # the same rule as the ingest's listing
         if read is not None:
             why = _not_read(b, read)
             if why:
@@ -574,7 +564,7 @@ def _metadata_above(container: ContainerClient, folder: str) -> str | None:
     parts = folder.split("/") if folder else []
     for i in range(len(parts) + 1):
         root = "/".join(parts[:i])
-        path = f"{root}/{METADATA_SUFFIX}" if root else METADATA_SUFFIX
+        path = layout.metadata_path_of(root)
         try:
             container.get_blob_client(path).get_blob_properties()
             return path

@@ -1,7 +1,8 @@
 """Ingest one drop: metadata, tenant check, ledger claim, key unwrap, stream rows to the sink.
 
 :func:`stream_drop` is the one pipeline every door uses (the function, ``drop decrypt``, the
-benchmark); :func:`ingest_drop` wraps it with the ledger (claim, checkpoints, delivered/failed) and
+benchmark); :func:`ingest_drop` wraps it with the ledger (claim, checkpoints, delivered/failed) as a
+:class:`DropAttempt` in named steps (validate, claim, unwrap, stream, settle), and
 :func:`ingest_metadata_blob` is what the blob trigger calls.
 """
 
@@ -54,8 +55,9 @@ from .retry import with_retries
 from .runtime import Runtime
 from .sinks import RowSink
 from .sources import BlobDropSource, DataFile, DropSource
+from .status import Status
 from .tables import as_utc
-from .transforms import RowStage
+from .transforms import RowSettings, RowStage
 
 log = logging.getLogger("viva_relay")
 
@@ -92,7 +94,7 @@ class StreamStats:
 class IngestOutcome:
     """The result of one ingest call, for logs, the demo and tests."""
 
-    status: str  # delivered | failed | waiting | skipped | ignored
+    status: Status  # one of shared.status.Status: delivered, skipped, waiting, retrying, failed, error, ignored
     drop_id: str = ""
     tenant: str = ""
     reason: str = ""
@@ -306,7 +308,7 @@ def _fail(
 ) -> IngestOutcome:
     rt.ledger.mark_failed(location, tenant, exc.code, exc.reason, record=record, details=details)
     log.error("drop %s of tenant %s failed (%s): %s", location.drop_id, tenant, exc.code, exc.reason)
-    return IngestOutcome("failed", location.drop_id, tenant, exc.reason, exc.code)
+    return IngestOutcome(Status.FAILED, location.drop_id, tenant, exc.reason, exc.code)
 
 
 def ingest_drop(
@@ -321,78 +323,161 @@ def ingest_drop(
 
     Permanent problems end as a failed drop with the reason (and a normal return: no crash loop);
     transient ones give the lease back and return "retrying": the re-check timer resumes the drop.
+    The steps are those of :class:`DropAttempt`.
     """
-    settings = rt.settings
-    location = source.location
-    named = location.tenant_from_location
-    tenant = named or "unknown"
-    prior = rt.ledger.get(tenant, location.drop_id)
-    settled = prior if prior is not None and prior.state in (DELIVERED, DELETED) else None
-    # Read the blob itself even when the event carries its bytes: its ETag is what cleanup later
-    # matches, and the version stored now is the one whose data files are read.
-    raw = source.read_metadata()
-    if not raw and metadata_bytes is not None:
-        raw = metadata_bytes
-    try:
-        md = parse_metadata(raw)
-        if prior is not None and not _same_run(prior, md):
-            # Another run's drop landed at the root of a recorded one (settled, failed, or even being
-            # delivered right now): a new drop, with its own id.
-            location = replace(location, generation=generation_of(_run_discriminator(md)))
-            source.location = location
-            log.info("drop %s: a new run's drop at a reused root %s", location.drop_id, location.url_path)
-        elif settled is not None:
-            # A late duplicate event (Event Grid delivers at least once), possibly after cleanup.
-            return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
-    except (MetadataNotReady, MetadataError) as exc:
-        if settled is not None:
-            # Nothing new can be read there (a duplicate event after cleanup, say): the settled drop stands.
-            return IngestOutcome("skipped", location.drop_id, tenant, f"already {settled.state}")
-        if isinstance(exc, MetadataError):
-            return _fail(rt, location, tenant, exc, None)
-        record = rt.ledger.mark_waiting(location, tenant, str(exc))
-        first = record.props.get("FirstSeen")
-        if first is not None and rt.clock() - first > timedelta(hours=settings.waiting_give_up_hours):
-            return _fail(rt, location, tenant, MetadataError(f"Metadata.json never became valid: {exc}"), None)
-        return IngestOutcome("waiting", location.drop_id, tenant, str(exc))
-    if location.generation:
-        again = rt.ledger.get(tenant, location.drop_id)
-        if again is not None and again.state in (DELIVERED, DELETED):
-            return IngestOutcome("skipped", location.drop_id, tenant, f"already {again.state}")
-    details = _metadata_columns(md)
-    try:
-        check_tenant(location, md)
-        if md.has_errors:
-            raise ExtractionFailed("the extraction reported errors: " + " | ".join(md.errors))
-    except DropError as exc:
-        return _fail(rt, location, tenant, exc, None, details)
+    return DropAttempt(rt, source, owner=owner, sink_factory=sink_factory).run(metadata_bytes)
 
-    # Before the drop is touched: a missing pseudonymisation secret is a configuration error.
-    row_settings = rowplan.settings_now(rt, md.table_name)
-    owner = owner or new_owner_id()
-    claim = rt.ledger.claim(location, tenant, owner, settings.drop_lease_seconds, details=details)
-    if not claim.claimed:
-        log.info("drop %s not processed: %s", location.drop_id, claim.why)
-        return IngestOutcome("skipped", location.drop_id, tenant, claim.why)
-    record = claim.record
-    if int(record.props.get("Attempts", 1)) > MAX_ATTEMPTS and not record.props.get(COMPLETE_SENT):
-        last = str(record.props.get("LastError", "unknown error"))
-        gave_up = DropError(f"gave up after {MAX_ATTEMPTS} attempts; last error: {last}")
-        _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), gave_up)
-        return _fail(rt, location, tenant, gave_up, record)
 
-    def attempt() -> IngestOutcome:
-        nonlocal record
-        fresh = rt.ledger.get(tenant, location.drop_id)
-        if fresh is None or fresh.state != IN_PROGRESS or fresh.lease_owner != owner:
-            raise LeaseLost(f"drop {location.drop_id} was taken over before this attempt started")
+@dataclass
+class _Delivery:
+    """What the unwrap and stream steps of one try need, prepared from the lease holder's ledger row."""
+
+    files: list[DataFile]
+    resume_from: int
+    encoding: str
+    sink: RowSink
+    checkpointer: _Checkpointer
+    plan: rowplan.RowPlan
+
+
+class DropAttempt:
+    """One ingest of one drop, in named steps: validate, claim, unwrap, stream, settle.
+
+    * :meth:`validate` reads and checks Metadata.json (a settled drop is skipped, one not ready yet
+      waits, a bad one fails);
+    * :meth:`claim` takes the drop's lease in the ledger (skipped when another worker holds it; failed
+      after MAX_ATTEMPTS);
+    * then, retried up to three times (:meth:`try_once`): :meth:`prepare` the delivery from the ledger
+      row (files, packing, sink), :meth:`unwrap` the file key, :meth:`stream` the rows into the sink and
+      :meth:`settle` the drop as delivered;
+    * whatever escaped the tries is settled by :meth:`settle_failure` (waiting, failed, retrying,
+      skipped), so the function returns normally.
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        source: DropSource,
+        *,
+        owner: str | None = None,
+        sink_factory: Callable[[Envelope, int], RowSink] | None = None,
+    ) -> None:
+        self.rt = rt
+        self.settings = rt.settings
+        self.source = source
+        self.location = source.location
+        self.tenant = self.location.tenant_from_location or "unknown"
+        self.owner = owner
+        self.sink_factory = sink_factory
+        self.md: DropMetadata | None = None
+        self.details: dict[str, Any] = {}
+        self.row_settings: RowSettings | None = None
+        self.record: DropRecord | None = None
+
+    def run(self, metadata_bytes: bytes | None = None) -> IngestOutcome:
+        """Every step in order; the first that ends the attempt gives the outcome."""
+        outcome = self.validate(metadata_bytes) or self.claim()
+        if outcome is not None:
+            return outcome
+        try:
+            return with_retries(
+                self.try_once, attempts=3, base_delay=self.rt.retry_delay_seconds, what=f"drop {self.location.drop_id}"
+            )
+        except Exception as exc:
+            return self.settle_failure(exc)
+
+    # -- validate ---------------------------------------------------------------------------------
+
+    def validate(self, metadata_bytes: bytes | None) -> IngestOutcome | None:
+        """Read and check Metadata.json; an outcome when the attempt ends here, else None."""
+        rt, location, tenant = self.rt, self.location, self.tenant
+        prior = rt.ledger.get(tenant, location.drop_id)
+        settled = prior if prior is not None and prior.state in (DELIVERED, DELETED) else None
+        # Read the blob itself even when the event carries its bytes: its ETag is what cleanup later
+        # matches, and the version stored now is the one whose data files are read.
+        raw = self.source.read_metadata()
+        if not raw and metadata_bytes is not None:
+            raw = metadata_bytes
+        try:
+            md = parse_metadata(raw)
+            if prior is not None and not _same_run(prior, md):
+                # Another run's drop landed at the root of a recorded one (settled, failed, or even being
+                # delivered right now): a new drop, with its own id.
+                location = replace(location, generation=generation_of(_run_discriminator(md)))
+                self.location = self.source.location = location
+                log.info("drop %s: a new run's drop at a reused root %s", location.drop_id, location.url_path)
+            elif settled is not None:
+                # A late duplicate event (Event Grid delivers at least once), possibly after cleanup.
+                return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, f"already {settled.state}")
+        except (MetadataNotReady, MetadataError) as exc:
+            if settled is not None:
+                # Nothing new can be read there (a duplicate event after cleanup, say): the settled drop stands.
+                return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, f"already {settled.state}")
+            if isinstance(exc, MetadataError):
+                return _fail(rt, location, tenant, exc, None)
+            record = rt.ledger.mark_waiting(location, tenant, str(exc))
+            first = record.props.get("FirstSeen")
+            if first is not None and rt.clock() - first > timedelta(hours=self.settings.waiting_give_up_hours):
+                return _fail(rt, location, tenant, MetadataError(f"Metadata.json never became valid: {exc}"), None)
+            return IngestOutcome(Status.WAITING, location.drop_id, tenant, str(exc))
+        if location.generation:
+            again = rt.ledger.get(tenant, location.drop_id)
+            if again is not None and again.state in (DELIVERED, DELETED):
+                return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, f"already {again.state}")
+        self.md, self.details = md, _metadata_columns(md)
+        try:
+            check_tenant(location, md)
+            if md.has_errors:
+                raise ExtractionFailed("the extraction reported errors: " + " | ".join(md.errors))
+        except DropError as exc:
+            return _fail(rt, location, tenant, exc, None, self.details)
+        return None
+
+    # -- claim ------------------------------------------------------------------------------------
+
+    def claim(self) -> IngestOutcome | None:
+        """Take the drop's lease; an outcome when the attempt ends here, else None."""
+        rt, location, tenant, md = self.rt, self.location, self.tenant, self._metadata()
+        # Before the drop is touched: a missing pseudonymisation secret is a configuration error.
+        self.row_settings = rowplan.settings_now(rt, md.table_name)
+        self.owner = self.owner or new_owner_id()
+        claim = rt.ledger.claim(location, tenant, self.owner, self.settings.drop_lease_seconds, details=self.details)
+        if not claim.claimed:
+            log.info("drop %s not processed: %s", location.drop_id, claim.why)
+            return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, claim.why)
+        record = self.record = claim.record
+        if int(record.props.get("Attempts", 1)) > MAX_ATTEMPTS and not record.props.get(COMPLETE_SENT):
+            last = str(record.props.get("LastError", "unknown error"))
+            gave_up = DropError(f"gave up after {MAX_ATTEMPTS} attempts; last error: {last}")
+            _announce_failure(rt, record, self._envelope(), gave_up)
+            return _fail(rt, location, tenant, gave_up, record)
+        return None
+
+    # -- one try: prepare, unwrap, stream, settle -------------------------------------------------
+
+    def try_once(self) -> IngestOutcome:
+        """One try at delivering the claimed drop (with_retries runs it again after a transient error)."""
+        fresh = self.rt.ledger.get(self.tenant, self.location.drop_id)
+        if fresh is None or fresh.state != IN_PROGRESS or fresh.lease_owner != self.owner:
+            raise LeaseLost(f"drop {self.location.drop_id} was taken over before this attempt started")
         if fresh.props.get(COMPLETE_SENT):
             # An earlier attempt sent the completion but could not record the delivery: record it
             # now, without reading or sending anything again.
-            record = fresh
-            return _deliver_after_completion(rt, fresh)
+            self.record = fresh
+            return _deliver_after_completion(self.rt, fresh)
+        prepared = self.prepare(fresh)
+        try:
+            stats = self.stream(prepared, self.unwrap())
+        finally:
+            self.record = prepared.checkpointer.record
+            prepared.sink.close()
+        return self.settle(prepared, stats)
+
+    def prepare(self, fresh: DropRecord) -> _Delivery:
+        """List the data files, record how the drop is packed (reused on resume), renew the lease, build the sink."""
+        rt, settings, location, md = self.rt, self.settings, self.location, self._metadata()
         resume_from = fresh.checkpoint_seq
-        files = source.data_files_or_fail(md.rows_expected)
+        files = self.source.data_files_or_fail(md.rows_expected)
         read_before = parse_manifest(fresh.props.get(READ_BLOBS))
         if read_before:
             changed = changed_files(read_before, files)
@@ -403,14 +488,15 @@ def ingest_drop(
                 )
             manifest = str(fresh.props.get(READ_BLOBS))
         else:
-            manifest = manifest_text(location.metadata_path, source.metadata_etag, files)
+            manifest = manifest_text(location.metadata_path, self.source.metadata_etag, files)
         # A resumed drop must be packed exactly as before (same encoding, same queue), or skipping the
         # checkpointed messages would skip rows: what the first attempt used is recorded and reused.
         # (Recorded before the first put of the first attempt, so even messages sent before any
         # checkpoint are re-sent identically.)
         encoding = str(fresh.props.get("Encoding") or settings.message_encoding)
         queue_name = str(fresh.props.get("Queue") or settings.downstream_queue)
-        recorded = rowplan.recorded_or(fresh.props, row_settings)
+        assert self.row_settings is not None  # set by claim
+        recorded = rowplan.recorded_or(fresh.props, self.row_settings)
         # Renew the lease now: the send guard below counts from this moment.
         fresh = rt.ledger.heartbeat(
             fresh,
@@ -425,12 +511,12 @@ def ingest_drop(
                 READ_BLOBS: manifest or None,
             },
         )
-        record = fresh
-        envelope = Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name)
+        self.record = fresh
+        envelope = self._envelope()
         checkpointer = _Checkpointer(rt, fresh)
         sink: RowSink
-        if sink_factory is not None:
-            sink = sink_factory(envelope, resume_from)
+        if self.sink_factory is not None:
+            sink = self.sink_factory(envelope, resume_from)
         else:
             sink = delivery.queue_sink(
                 delivery.DEFAULT_PUT_PATH,
@@ -446,30 +532,43 @@ def ingest_drop(
             )
         checkpointer.sink = sink
         plan = rowplan.plan_for(rt, md, recorded)
-        try:
-            limits = input_limits(settings.env)
-            stats = stream_drop(
-                source,
-                md,
-                rt.unwrapper,
-                sink,
-                progress=checkpointer,
-                check=plan.check,
-                stages=plan.stages,
-                files=files,
-                max_blank_bytes=limits.max_blank_line_bytes,
-            )
-        finally:
-            record = checkpointer.record
-            sink.close()
-        messages = sink.messages_sent
-        final_seq = sink.delivered_seq
+        return _Delivery(files, resume_from, encoding, sink, checkpointer, plan)
+
+    def unwrap(self) -> FileKey:
+        """The drop's file key, unwrapped by the tenant's key (Key Vault or the key folder)."""
+        md = self._metadata()
+        if md.key is None:
+            raise MetadataError("Metadata.json has no DecryptionKeyDetails")
+        return self.rt.unwrapper.unwrap(md.tenant_id, md.public_key_version, md.key.wrapped_key, md.key.iv)
+
+    def stream(self, run: _Delivery, file_key: FileKey) -> StreamStats:
+        """Every row through the byte path into the sink, then the completion message."""
+        limits = input_limits(self.settings.env)
+        return stream_drop(
+            self.source,
+            self._metadata(),
+            self.rt.unwrapper,
+            run.sink,
+            progress=run.checkpointer,
+            file_key=file_key,
+            check=run.plan.check,
+            stages=run.plan.stages,
+            files=run.files,
+            max_blank_bytes=limits.max_blank_line_bytes,
+        )
+
+    def settle(self, run: _Delivery, stats: StreamStats) -> IngestOutcome:
+        """Record the drop as delivered (the completion is out), and delete it when so configured."""
+        rt, settings, location = self.rt, self.settings, self.location
+        record = self._record()
+        messages = run.sink.messages_sent
+        final_seq = run.sink.delivered_seq
         # First a small write that says the completion is out, so that whatever happens to the
         # larger write below, no later attempt sends it again (or a failed message after it).
-        record = rt.ledger.heartbeat(
+        record = self.record = rt.ledger.heartbeat(
             record, final_seq, stats.rows, settings.drop_lease_seconds, extra={COMPLETE_SENT: utc_now()}
         )
-        record = rt.ledger.mark_delivered(
+        record = self.record = rt.ledger.mark_delivered(
             record,
             {
                 "Rows": stats.rows,
@@ -484,8 +583,8 @@ def ingest_drop(
                 "PlaintextBytes": stats.plaintext_bytes,
                 "Seconds": round(stats.seconds, 3),
                 "MBps": round(stats.mb_per_s, 1),
-                "Encoding": encoding,
-                "ResumedFromSeq": resume_from,
+                "Encoding": run.encoding,
+                "ResumedFromSeq": run.resume_from,
             }
             | rowplan.schema_columns(stats.schema),
         )
@@ -493,16 +592,16 @@ def ingest_drop(
         log.info(
             "drop %s of tenant %s delivered: %d rows, %d messages, %.1f MB/s (%s)",
             location.drop_id,
-            tenant,
+            self.tenant,
             stats.rows,
             final_seq,
             stats.mb_per_s,
             stats.algorithm,
         )
         return IngestOutcome(
-            "delivered",
+            Status.DELIVERED,
             location.drop_id,
-            tenant,
+            self.tenant,
             rows=stats.rows,
             messages=final_seq,
             seconds=stats.seconds,
@@ -510,44 +609,46 @@ def ingest_drop(
             algorithm=stats.algorithm,
         )
 
-    try:
-        return with_retries(attempt, attempts=3, base_delay=rt.retry_delay_seconds, what=f"drop {location.drop_id}")
-    except NoDataFiles as exc:
-        # Metadata.json may land before the data file has (a folder copy gives no order): wait for
-        # it like for a Metadata.json that is not committed yet, and give up after the same window.
-        first = as_utc(record.props.get("FirstSeen"))
-        if first is not None and rt.clock() - first > timedelta(hours=settings.waiting_give_up_hours):
-            return _fail(rt, location, tenant, exc, record)
-        rt.ledger.defer(record, exc.reason)
-        log.warning("drop %s of tenant %s is waiting: %s", location.drop_id, tenant, exc.reason)
-        return IngestOutcome("waiting", location.drop_id, tenant, exc.reason, exc.code)
-    except DropError as exc:
-        _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), exc)
-        report = exc.report if isinstance(exc, SchemaViolation) else None
-        return _fail(rt, location, tenant, exc, record, rowplan.schema_columns(report) or None)
-    except LeaseLost as exc:
-        log.warning("drop %s: %s", location.drop_id, exc)
-        return IngestOutcome("skipped", location.drop_id, tenant, str(exc))
-    except AzureError as exc:
-        # An SDK error no layer below classified (creating the queue while it is unreachable, say):
-        # the HTTP status decides; without one it is a network problem, so transient.
-        status = getattr(exc, "status_code", None)
-        if is_permanent_status(status):
-            refused = StoreRejected(f"storage refused a request: HTTP {status} ({type(exc).__name__})")
-            _announce_failure(rt, record, Envelope(tenant=tenant, drop=location.drop_id, table=md.table_name), refused)
-            return _fail(rt, location, tenant, refused, record)
-        reason = f"storage unreachable: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
-        rt.ledger.release(record, reason)
-        log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, reason)
-        return IngestOutcome("retrying", location.drop_id, tenant, reason, "transient")
-    except TransientError as exc:
-        # Give the lease back and return normally: the re-check timer resumes the drop from its
-        # checkpoint a few minutes later, so an outage neither crash-loops the trigger nor burns the
-        # retry budget in seconds.
-        rt.ledger.release(record, str(exc))
-        log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, exc)
-        return IngestOutcome("retrying", location.drop_id, tenant, str(exc), "transient")
-    except Exception as exc:
+    # -- what escaped the tries -------------------------------------------------------------------
+
+    def settle_failure(self, exc: Exception) -> IngestOutcome:
+        """Settle an error that escaped every try: waiting, failed, retrying or skipped (never raised)."""
+        rt, settings, location, tenant, record = self.rt, self.settings, self.location, self.tenant, self._record()
+        if isinstance(exc, NoDataFiles):
+            # Metadata.json may land before the data file has (a folder copy gives no order): wait for
+            # it like for a Metadata.json that is not committed yet, and give up after the same window.
+            first = as_utc(record.props.get("FirstSeen"))
+            if first is not None and rt.clock() - first > timedelta(hours=settings.waiting_give_up_hours):
+                return _fail(rt, location, tenant, exc, record)
+            rt.ledger.defer(record, exc.reason)
+            log.warning("drop %s of tenant %s is waiting: %s", location.drop_id, tenant, exc.reason)
+            return IngestOutcome(Status.WAITING, location.drop_id, tenant, exc.reason, exc.code)
+        if isinstance(exc, DropError):
+            _announce_failure(rt, record, self._envelope(), exc)
+            report = exc.report if isinstance(exc, SchemaViolation) else None
+            return _fail(rt, location, tenant, exc, record, rowplan.schema_columns(report) or None)
+        if isinstance(exc, LeaseLost):
+            log.warning("drop %s: %s", location.drop_id, exc)
+            return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, str(exc))
+        if isinstance(exc, AzureError):
+            # An SDK error no layer below classified (creating the queue while it is unreachable, say):
+            # the HTTP status decides; without one it is a network problem, so transient.
+            status = getattr(exc, "status_code", None)
+            if is_permanent_status(status):
+                refused = StoreRejected(f"storage refused a request: HTTP {status} ({type(exc).__name__})")
+                _announce_failure(rt, record, self._envelope(), refused)
+                return _fail(rt, location, tenant, refused, record)
+            reason = f"storage unreachable: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+            rt.ledger.release(record, reason)
+            log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, reason)
+            return IngestOutcome(Status.RETRYING, location.drop_id, tenant, reason, "transient")
+        if isinstance(exc, TransientError):
+            # Give the lease back and return normally: the re-check timer resumes the drop from its
+            # checkpoint a few minutes later, so an outage neither crash-loops the trigger nor burns the
+            # retry budget in seconds.
+            rt.ledger.release(record, str(exc))
+            log.error("drop %s of tenant %s: %s; it will be resumed by the re-check", location.drop_id, tenant, exc)
+            return IngestOutcome(Status.RETRYING, location.drop_id, tenant, str(exc), "transient")
         # Nobody expected this one. Record only a code and the exception's type (its message may
         # quote row values), give the lease back and return: the re-check tries again, and the
         # retry budget fails the drop if it keeps happening.
@@ -555,7 +656,20 @@ def ingest_drop(
         log.error("drop %s of tenant %s: %s; it will be retried by the re-check", location.drop_id, tenant, what)
         with contextlib.suppress(Exception):
             rt.ledger.release(record, what)
-        return IngestOutcome("retrying", location.drop_id, tenant, what, INTERNAL_ERROR)
+        return IngestOutcome(Status.RETRYING, location.drop_id, tenant, what, INTERNAL_ERROR)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _metadata(self) -> DropMetadata:
+        assert self.md is not None, "validate() comes first"
+        return self.md
+
+    def _record(self) -> DropRecord:
+        assert self.record is not None, "claim() comes first"
+        return self.record
+
+    def _envelope(self) -> Envelope:
+        return Envelope(tenant=self.tenant, drop=self.location.drop_id, table=self._metadata().table_name)
 
 
 def _delete_now(rt: Runtime, record: DropRecord) -> None:
@@ -577,15 +691,15 @@ def _deliver_after_completion(rt: Runtime, record: DropRecord) -> IngestOutcome:
     record = rt.ledger.mark_delivered(record, {"Rows": rows, "Messages": messages, "MessagesPutThisAttempt": 0})
     _delete_now(rt, record)
     log.info("drop %s of tenant %s: completion sent earlier; now recorded as delivered", record.drop_id, record.tenant)
-    return IngestOutcome("delivered", record.drop_id, record.tenant, rows=rows, messages=messages)
+    return IngestOutcome(Status.DELIVERED, record.drop_id, record.tenant, rows=rows, messages=messages)
 
 
 def ingest_metadata_blob(rt: Runtime, container: str, blob_name: str, metadata: bytes | None = None) -> IngestOutcome:
     """What the blob trigger calls for ``container/blob_name`` (any blob: non-drops are ignored)."""
     if container != rt.settings.landing_container:
-        return IngestOutcome("ignored", reason=f"container {container} is not {rt.settings.landing_container}")
+        return IngestOutcome(Status.IGNORED, reason=f"container {container} is not {rt.settings.landing_container}")
     if not is_metadata_blob(blob_name):
-        return IngestOutcome("ignored", reason=f"{blob_name} is not a Metadata.json")
+        return IngestOutcome(Status.IGNORED, reason=f"{blob_name} is not a Metadata.json")
     location = location_from_blob(rt.landing_account, container, blob_name)
     try:
         source = BlobDropSource(rt.landing_container(container), location)
@@ -608,7 +722,7 @@ def _last_resort(rt: Runtime, location: DropLocation, exc: Exception) -> IngestO
     if isinstance(exc, DropError):  # a store refused the drop's own record (StoreRejected, say)
         with contextlib.suppress(Exception):
             rt.ledger.mark_failed(location, tenant, exc.code, exc.reason)
-        return IngestOutcome("failed", location.drop_id, tenant, exc.reason, exc.code)
+        return IngestOutcome(Status.FAILED, location.drop_id, tenant, exc.reason, exc.code)
     transient = isinstance(exc, TransientError) or (
         isinstance(exc, AzureError) and not is_permanent_status(getattr(exc, "status_code", None))
     )
@@ -618,12 +732,12 @@ def _last_resort(rt: Runtime, location: DropLocation, exc: Exception) -> IngestO
     try:
         if transient:
             rt.ledger.mark_waiting(location, tenant, reason)
-            return IngestOutcome("waiting", location.drop_id, tenant, reason, code)
+            return IngestOutcome(Status.WAITING, location.drop_id, tenant, reason, code)
         rt.ledger.mark_failed(location, tenant, code, reason)
     except Exception as again:  # the ledger itself is out of reach: the log line above is all there is
         log.error("drop %s: could not record %s (%s)", location.drop_id, code, type(again).__name__)
-        return IngestOutcome("error", location.drop_id, tenant, reason, code)
-    return IngestOutcome("failed", location.drop_id, tenant, reason, code)
+        return IngestOutcome(Status.ERROR, location.drop_id, tenant, reason, code)
+    return IngestOutcome(Status.FAILED, location.drop_id, tenant, reason, code)
 
 
 def _wait_for_configuration(rt: Runtime, location: DropLocation, tenant: str, exc: ConfigError) -> IngestOutcome:
@@ -638,8 +752,8 @@ def _wait_for_configuration(rt: Runtime, location: DropLocation, tenant: str, ex
         rt.ledger.mark_waiting(location, tenant, reason)
     except Exception as again:  # the ledger itself is out of reach: the log line above is all there is
         log.error("drop %s: could not record the configuration error (%s)", location.drop_id, type(again).__name__)
-        return IngestOutcome("error", location.drop_id, tenant, reason, "config")
-    return IngestOutcome("waiting", location.drop_id, tenant, reason, "config")
+        return IngestOutcome(Status.ERROR, location.drop_id, tenant, reason, "config")
+    return IngestOutcome(Status.WAITING, location.drop_id, tenant, reason, "config")
 
 
 def recheck_drops(rt: Runtime) -> list[IngestOutcome]:
@@ -654,5 +768,5 @@ def recheck_drops(rt: Runtime) -> list[IngestOutcome]:
             outcomes.append(ingest_metadata_blob(rt, loc.container, loc.metadata_path))
         except Exception as exc:
             log.exception("re-check of drop %s failed", record.drop_id)
-            outcomes.append(IngestOutcome("error", record.drop_id, record.tenant, str(exc)))
+            outcomes.append(IngestOutcome(Status.ERROR, record.drop_id, record.tenant, str(exc)))
     return outcomes

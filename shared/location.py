@@ -1,4 +1,4 @@
-"""Where a drop lives: its container, its drop root, the tenant its location names, and its id.
+"""The landing layout's one home: where a drop lives and which blobs are its parts.
 
 A drop is one ``Metadata.json`` under ``<drop root>/metadata/JobMetadata/`` plus the data files
 below the same drop root. Two layouts are served (SPEC.md):
@@ -6,18 +6,38 @@ below the same drop root. Two layouts are served (SPEC.md):
 * Microsoft's sample pipeline: one container (``datasets``) with
   ``<RunId>/VivaInsights/<tenant id>/...`` (``AADUser`` for the directory dataset);
 * the documented recommendation: one container per tenant, named by the tenant id.
+
+Everything that depends on the layout asks this module: a blob path to a drop location
+(:func:`location_from_blob`), a drop root to its metadata and data paths
+(:func:`metadata_path_of`, :func:`data_file_names`), the blob trigger's path (:data:`TRIGGER_PATH`),
+the Event Grid subscription's subject filter (:func:`event_grid_filter`, checked against
+infra/eventgrid.json by a test), cleanup's grouping (:func:`nested_drop_roots`,
+:func:`is_metadata_file`) and the simulator's sample layout (:func:`sample_drop_root`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .ids import is_guid
 
 METADATA_SUFFIX = "metadata/JobMetadata/Metadata.json"
-#: Folders of Microsoft's sample layout that are followed by the tenant id.
-DATASET_FOLDERS = ("vivainsights", "aaduser")
+#: The folder below a drop root that holds the drop's metadata (any case); everything else is data.
+METADATA_FOLDER = "metadata"
+#: Microsoft's sample layout: the dataset folders that sit between the run id and the tenant id.
+PERSON_DATASET_FOLDER = "VivaInsights"
+DIRECTORY_DATASET_FOLDER = "AADUser"
+#: Folders of Microsoft's sample layout that are followed by the tenant id (compared in lower case).
+DATASET_FOLDERS = (PERSON_DATASET_FOLDER.lower(), DIRECTORY_DATASET_FOLDER.lower())
+#: The Event Grid subscription's ``subjectEndsWith``: a BlobCreated event for a drop's Metadata.json.
+EVENT_GRID_SUBJECT_SUFFIX = "/" + METADATA_SUFFIX
+#: The ingest blob trigger's path: a Metadata.json below any drop root of the landing container (the
+#: container comes from the LANDING_CONTAINER app setting). A plain constant, so tests/test_infra.py
+#: can read it from the source without importing the app.
+TRIGGER_PATH = "%LANDING_CONTAINER%/{droproot}/" + METADATA_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -37,7 +57,7 @@ class DropLocation:
         """The blob name of the drop's Metadata.json."""
         if self.metadata_name:
             return self.metadata_name
-        return f"{self.drop_root}/{METADATA_SUFFIX}" if self.drop_root else METADATA_SUFFIX
+        return metadata_path_of(self.drop_root)
 
     @property
     def data_prefix(self) -> str:
@@ -89,10 +109,83 @@ def is_metadata_blob(blob_name: str) -> bool:
 def location_from_blob(account: str, container: str, blob_name: str) -> DropLocation:
     """The drop a Metadata.json blob belongs to; ValueError when the name is not a Metadata.json."""
     name = blob_name.lstrip("/")
-    if not is_metadata_blob(name):
-        raise ValueError(f"{blob_name!r} is not a drop's {METADATA_SUFFIX}")
-    root = name[: len(name) - len(METADATA_SUFFIX)].rstrip("/")
-    return DropLocation(account=account, container=container, drop_root=root, metadata_name=name)
+    return DropLocation(account=account, container=container, drop_root=drop_root_of(name), metadata_name=name)
+
+
+def metadata_path_of(drop_root: str) -> str:
+    """The name of the Metadata.json of the drop at ``drop_root`` ('' = the container root)."""
+    return f"{drop_root}/{METADATA_SUFFIX}" if drop_root else METADATA_SUFFIX
+
+
+def drop_root_of(metadata_blob: str) -> str:
+    """The drop root of a Metadata.json blob; ValueError when the name is not a Metadata.json."""
+    if not is_metadata_blob(metadata_blob):
+        raise ValueError(f"{metadata_blob!r} is not a drop's {METADATA_SUFFIX}")
+    return metadata_blob[: len(metadata_blob) - len(METADATA_SUFFIX)].rstrip("/")
+
+
+def drop_root_named_by(path: str) -> str:
+    """The drop root a path names: the root itself, or its Metadata.json."""
+    path = path.strip("/")
+    return drop_root_of(path) if is_metadata_blob(path) else path
+
+
+def is_metadata_file(relative: str) -> bool:
+    """True for a name (relative to its drop root) in the drop's own ``metadata/`` folder, any case."""
+    return relative.split("/", 1)[0].lower() == METADATA_FOLDER
+
+
+def nested_drop_roots(names: Iterable[str], drop_root: str = "") -> list[str]:
+    """Roots of other drops below ``drop_root``: each Metadata.json deeper than the drop's own."""
+    prefix = f"{drop_root}/" if drop_root else ""
+    roots = []
+    for name in names:
+        if name.startswith(prefix) and is_metadata_blob(name):
+            root = drop_root_of(name)
+            if root != drop_root:
+                roots.append(root)
+    return roots
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> list[object]:
+    """Sort key for natural name order: digit runs compare as numbers (the order of a drop's files)."""
+    return [int(part) if part.isdigit() else part.lower() for part in _DIGITS.split(name)]
+
+
+def data_file_names(relative_names: list[str]) -> list[str]:
+    """Which of the names below a drop root (relative to it) are the drop's data files.
+
+    Everything except the drop's own ``metadata/`` folder and the subtree of any other drop nested
+    below it (a folder with its own ``metadata/JobMetadata/Metadata.json``), in natural order.
+    """
+    nested = nested_drop_roots(relative_names)
+    kept = [n for n in relative_names if not is_metadata_file(n) and not any(n.startswith(r + "/") for r in nested)]
+    return sorted(kept, key=natural_key)
+
+
+def sample_drop_root(run_id: str, tenant_id: str, dataset_folder: str = PERSON_DATASET_FOLDER) -> str:
+    """Microsoft's sample layout: the drop root ``<run id>/VivaInsights/<tenant id>`` of one run's copy."""
+    return f"{run_id}/{dataset_folder}/{tenant_id}"
+
+
+def event_grid_subject_prefix(container: str) -> str:
+    """The Event Grid subscription's ``subjectBeginsWith`` for blobs created in ``container``."""
+    return f"/blobServices/default/containers/{container}/blobs/"
+
+
+def event_grid_filter(container: str) -> dict[str, object]:
+    """The subject filter of the Event Grid subscription that feeds the trigger (infra/eventgrid.json).
+
+    Case-insensitive, because :func:`is_metadata_blob` matches the suffix in any case.
+    """
+    return {
+        "subjectBeginsWith": event_grid_subject_prefix(container),
+        "subjectEndsWith": EVENT_GRID_SUBJECT_SUFFIX,
+        "isSubjectCaseSensitive": False,
+    }
 
 
 def generation_of(discriminator: str) -> str:

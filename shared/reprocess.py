@@ -12,9 +12,10 @@ from . import rowplan
 from .ingest import IngestOutcome, ingest_metadata_blob
 from .ledger import FAILED, WAITING
 from .runtime import Runtime
+from .status import Status
 
-REFUSED = "refused"
-NOT_FOUND = "not_found"
+REFUSED = Status.REFUSED
+NOT_FOUND = Status.NOT_FOUND
 
 
 def reprocess_drop(rt: Runtime, drop_id: str) -> IngestOutcome:

@@ -40,6 +40,7 @@ from .clock import to_utc
 from .config import Settings
 from .errors import TransientError, VivaRelayError
 from .retry import with_retries
+from .status import Status
 from .tables import TableStore, as_utc, entity_etag, entity_props, utcnow, without_nulls
 from .tenants import FactoryRef, Tenant, TenantRegistry, normalise_tenant_id
 
@@ -485,7 +486,7 @@ def _start_one(
         if record.active:
             message = f"run {record.run_id} is still {record.status}"
             log.info("tenant %s (%s): not started: %s", tenant.tenant_id, name, message)
-            return RunOutcome(tenant.tenant_id, "skipped", record.run_id, message, name)
+            return RunOutcome(tenant.tenant_id, Status.SKIPPED, record.run_id, message, name)
 
     expires = tenant.consent_expires()
     if expires is not None and expires < now.date():
@@ -520,7 +521,7 @@ def _start_one(
         _retrying(lambda: ledger.insert(RunRecord(tenant.tenant_id, run_id, props)), f"recording run {run_id}", sleep)
     message = "adopted the run an earlier attempt created (its answer was lost)" if adopted else ""
     log.info("tenant %s (%s): started pipeline run %s in %s %s", tenant.tenant_id, name, run_id, ref, message)
-    return RunOutcome(tenant.tenant_id, "started", run_id, message, name)
+    return RunOutcome(tenant.tenant_id, Status.STARTED, run_id, message, name)
 
 
 def start_runs(
@@ -549,7 +550,7 @@ def start_runs(
     for t in tenants:
         if not t.enabled:
             why = f"tenant is disabled{': ' + t.disabled_reason if t.disabled_reason else ''} (tenants enable)"
-            outcomes.append(RunOutcome(t.tenant_id, "skipped", "", why, t.display_name))
+            outcomes.append(RunOutcome(t.tenant_id, Status.SKIPPED, "", why, t.display_name))
             continue
         try:
             outcomes.append(
@@ -563,7 +564,7 @@ def start_runs(
                 row = _record_start_failure(ledger, t, rt.settings, trigger, now, message)
             except Exception as record_exc:
                 log.error("tenant %s: could not record the failed start: %s", t.tenant_id, record_exc)
-            outcomes.append(RunOutcome(t.tenant_id, "failed", row, message, t.display_name))
+            outcomes.append(RunOutcome(t.tenant_id, Status.FAILED, row, message, t.display_name))
     return outcomes
 
 
@@ -616,14 +617,14 @@ def drops_of_run(rt: Runtime, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def _check_drop(rt: Runtime, record: RunRecord, now: datetime) -> tuple[str, str]:
+def _check_drop(rt: Runtime, record: RunRecord, now: datetime) -> tuple[Status, str]:
     """For a succeeded run: (event, message) about its drop; updates ``record.props``."""
     drops = _drops_of_run(rt, record.run_id)
     if drops:
         first = sorted(drops, key=lambda e: str(e.get("RowKey", "")))[0]
         record.props.update({"DropId": str(first.get("RowKey", "")), "DropState": str(first.get("State", ""))})
         record.props["Watch"] = False
-        return "drop_found", f"drop {record.props['DropId']} is {record.props['DropState']}"
+        return Status.DROP_FOUND, f"drop {record.props['DropId']} is {record.props['DropState']}"
     since = record.run_end or as_utc(record.props.get("LastCheckedAt")) or now
     hours = rt.settings.run_no_drop_alert_hours
     if now - since >= timedelta(hours=hours):
@@ -634,15 +635,15 @@ def _check_drop(rt: Runtime, record: RunRecord, now: datetime) -> tuple[str, str
             f" check the landing container and the Event Grid subscription"
         )
         log.error("%s", message)
-        return "no_drop_alert", message
-    return "waiting_for_drop", f"no drop yet ({(now - since).total_seconds() / 3600:.1f} h of {hours} h)"
+        return Status.NO_DROP_ALERT, message
+    return Status.WAITING_FOR_DROP, f"no drop yet ({(now - since).total_seconds() / 3600:.1f} h of {hours} h)"
 
 
 def _follow_one(rt: Runtime, ledger: RunLedger, record: RunRecord, now: datetime, *, sleep: Sleep) -> FollowOutcome:
     """Poll one run, update ``record`` in place and in the ledger; log failures clearly."""
     before = record.status
     name = record.props.get("DisplayName", "")
-    event, message = "unchanged", record.message
+    event, message = Status.UNCHANGED, record.message
     if record.active:
         ref = record.factory
         run = get_run(rt.datafactory(ref.subscription_id), ref, record.run_id, sleep=sleep)
@@ -651,7 +652,7 @@ def _follow_one(rt: Runtime, ledger: RunLedger, record: RunRecord, now: datetime
             message = f"Data Factory {ref.factory_name} does not know pipeline run {record.run_id} (any more)"
             record.props.update({"Status": LOST, "Message": message, "Watch": False})
             log.error("tenant %s (%s): %s", record.tenant_id, name, message)
-            event = "lost"
+            event = Status.LOST
         else:
             status = str(run.status or "")
             record.props.update(
@@ -672,7 +673,7 @@ def _follow_one(rt: Runtime, ledger: RunLedger, record: RunRecord, now: datetime
                     name,
                     message or "(Data Factory gave no message)",
                 )
-                event = "failed"
+                event = Status.FAILED
             elif status == "Cancelled":
                 record.props["Watch"] = False
                 log.warning(
@@ -682,15 +683,15 @@ def _follow_one(rt: Runtime, ledger: RunLedger, record: RunRecord, now: datetime
                     name,
                     message,
                 )
-                event = "cancelled"
+                event = Status.CANCELLED
             elif status == "Succeeded":
                 log.info("pipeline run %s for tenant %s (%s) succeeded", record.run_id, record.tenant_id, name)
-                event = "succeeded"
+                event = Status.SUCCEEDED
             elif status != before:
-                event = "progress"
+                event = Status.PROGRESS
     if record.status == "Succeeded" and record.props.get("Watch"):
         drop_event, drop_message = _check_drop(rt, record, now)
-        if drop_event == "no_drop_alert" or event == "unchanged":
+        if drop_event == Status.NO_DROP_ALERT or event == Status.UNCHANGED:
             event = drop_event
         message = drop_message
     try:
@@ -716,7 +717,7 @@ def follow_runs(rt: Runtime, now: datetime | None = None, *, sleep: Sleep = time
             outcomes.append(_follow_one(rt, ledger, record, now, sleep=sleep))
         except Exception as exc:
             log.error("could not check pipeline run %s of tenant %s: %s", record.run_id, record.tenant_id, exc)
-            outcomes.append(FollowOutcome(record.tenant_id, record.run_id, record.status, "error", str(exc)))
+            outcomes.append(FollowOutcome(record.tenant_id, record.run_id, record.status, Status.ERROR, str(exc)))
     return outcomes
 
 

@@ -3,13 +3,12 @@
 A source lists the drop's data files relative to its Metadata.json (everything below the drop
 root except the ``metadata/`` folder; never the whole container) and opens each as a stream of
 chunks. Several part files are read in natural name order (``part-2`` before ``part-10``): that
-rule lives in :func:`natural_key` and nowhere else.
+rule lives in :func:`shared.location.natural_key` (the landing layout's module) and nowhere else.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,16 +19,14 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifie
 from azure.storage.blob import ContainerClient
 
 from .errors import DataReplaced, MetadataError, NoDataFiles, TransientError, UnsafeDropFolder
-from .location import METADATA_SUFFIX, DropLocation, is_metadata_blob
+from .location import METADATA_SUFFIX, DropLocation
+
+# The layout's rules (a drop's data files, their order) live in shared.location; both names stay importable here.
+from .location import data_file_names as data_file_names  # noqa: PLC0414
+from .location import natural_key as natural_key  # noqa: PLC0414
 from .metadata import MAX_METADATA_BYTES
 
 CHUNK_BYTES = 4 * 1024 * 1024
-_DIGITS = re.compile(r"(\d+)")
-
-
-def natural_key(name: str) -> list[object]:
-    """Sort key for natural name order: digit runs compare as numbers."""
-    return [int(part) if part.isdigit() else part.lower() for part in _DIGITS.split(name)]
 
 
 @dataclass(frozen=True)
@@ -44,23 +41,6 @@ class DataFile:
 
 def _too_large(size: int) -> MetadataError:
     return MetadataError(f"Metadata.json is {size} bytes; more than {MAX_METADATA_BYTES} is not a metadata file")
-
-
-def _is_data_file(relative: str) -> bool:
-    first = relative.split("/", 1)[0].lower()
-    return first != "metadata"
-
-
-def data_file_names(relative_names: list[str]) -> list[str]:
-    """Which of the names below a drop root (relative to it) are the drop's data files.
-
-    Everything except the drop's own ``metadata/`` folder and the subtree of any other drop nested
-    below it (a folder with its own ``metadata/JobMetadata/Metadata.json``), in natural order.
-    """
-    nested = [name[: -len(METADATA_SUFFIX)] for name in relative_names if is_metadata_blob(name) and "/" in name]
-    nested = [root for root in nested if root]  # "" would be the drop's own Metadata.json
-    kept = [n for n in relative_names if _is_data_file(n) and not any(n.startswith(root) for root in nested)]
-    return sorted(kept, key=natural_key)
 
 
 class DropSource(ABC):

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from shared import location as layout
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.json"
@@ -32,7 +34,7 @@ PARAMS_EXAMPLE = INFRA / "main.parameters.example.json"
 DEPLOY_SH = INFRA / "deploy.sh"
 LOCAL_SETTINGS_EXAMPLE = ROOT / "local.settings.json.example"
 
-METADATA_SUFFIX = "/metadata/JobMetadata/Metadata.json"
+METADATA_SUFFIX = layout.EVENT_GRID_SUBJECT_SUFFIX  # the landing layout's one home: shared/location.py
 INGEST_FUNCTION = "ingest_drop"
 COMMITTED_BLOB_APIS = {"FlushWithClose", "PutBlob", "PutBlockList", "CopyBlob"}
 
@@ -1323,6 +1325,51 @@ def test_event_grid_filter_matches_the_ingest_function(main: dict[str, Any], eve
     assert set(api_filters[0]["values"]) == COMMITTED_BLOB_APIS, "CreateFile (empty file) must not trigger"
     # the same default as main, so a standalone deployment agrees too
     assert evaluated(eventgrid, sub["properties"]["filter"]["subjectBeginsWith"]) == f["subjectBeginsWith"]
+
+
+def test_event_grid_filter_and_trigger_path_come_from_the_landing_layout(
+    main: dict[str, Any], eventgrid: dict[str, Any]
+) -> None:
+    """infra/eventgrid.json's subject filter is exactly what shared.location says the layout needs."""
+    # the trigger path as the function app declares it (read from its source) is the layout's
+    assert ingest_function_path() == layout.TRIGGER_PATH
+    container = evaluated(main, app_settings(main)["LANDING_CONTAINER"])
+    sub = one(eventgrid, "Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    f = evaluated(eventgrid, sub["properties"]["filter"], landingContainer=container)
+    expected = layout.event_grid_filter(container)
+    assert {k: f.get(k, False) for k in expected} == expected
+    # ...and what it lets through is what the layout calls a drop's Metadata.json
+    subject = f"{f['subjectBeginsWith']}run/VivaInsights/tenant{f['subjectEndsWith']}"
+    blob = subject.removeprefix(layout.event_grid_subject_prefix(container))
+    assert layout.is_metadata_blob(blob)
+    assert layout.location_from_blob("acct", container, blob).drop_root == "run/VivaInsights/tenant"
+
+
+def test_data_factory_writes_drops_where_the_landing_layout_expects_them(main: dict[str, Any]) -> None:
+    """The pipeline's sink folders are the layout's sample drop roots (run id, dataset folder, tenant)."""
+    folders = sorted(
+        v["parameters"]["FolderPath"]
+        for v in _walk_dicts(main)
+        if isinstance(v.get("parameters"), dict) and "FolderPath" in v["parameters"] and "referenceName" in v
+    )
+    expression = "@concat(pipeline().RunId, '/{0}/', pipeline().parameters.TenantId)"
+    folder_names = (layout.PERSON_DATASET_FOLDER, layout.DIRECTORY_DATASET_FOLDER)
+    assert folders == sorted(expression.format(f) for f in folder_names)
+    for folder in folder_names:
+        root = layout.sample_drop_root("run-1", "TENANT", folder)
+        assert root == "run-1/" + folder + "/TENANT"
+        location = layout.DropLocation("acct", "datasets", root)
+        assert location.run_id == "run-1" and location.drop_root == root
+
+
+def _walk_dicts(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk_dicts(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk_dicts(v)
 
 
 def test_event_grid_webhook_targets_the_blob_extension(eventgrid: dict[str, Any]) -> None:

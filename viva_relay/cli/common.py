@@ -17,13 +17,14 @@ from shared.config import Settings
 from shared.errors import ConfigError, DropError, TransientError, VivaRelayError
 from shared.preflight import NotSignedIn
 from shared.runtime import Runtime
+from shared.status import ExitCode
 
-#: Exit codes monitoring can rely on.
-EXIT_OK = 0
-EXIT_PROBLEM = 1  # a bad drop, a failed check, something found wrong
-EXIT_USAGE = 2  # argparse's own code for bad arguments
-EXIT_CONFIG = 3  # missing or invalid settings
-EXIT_TRANSIENT = 4  # Azure unreachable or throttled: try again later
+#: Exit codes monitoring can rely on (their one home, with the status mapping: shared.status).
+EXIT_OK = ExitCode.OK
+EXIT_PROBLEM = ExitCode.PROBLEM  # a bad drop, a failed check, something found wrong
+EXIT_USAGE = ExitCode.USAGE  # argparse's own code for bad arguments
+EXIT_CONFIG = ExitCode.CONFIG  # missing or invalid settings
+EXIT_TRANSIENT = ExitCode.TRANSIENT  # Azure unreachable or throttled: try again later
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -32,11 +32,12 @@ from shared.ids import is_guid
 from shared.ingest import check_tenant, stream_drop
 from shared.keyfolder import KeyFolder, key_version
 from shared.keys import KeyUnwrapper
-from shared.location import METADATA_SUFFIX, DropLocation, is_metadata_blob
+from shared.location import DropLocation, drop_root_named_by, is_metadata_blob, metadata_path_of
 from shared.metadata import parse_metadata
 from shared.runtime import default_credential
 from shared.sinks import StreamSink
 from shared.sources import BlobDropSource, DropSource, FolderDropSource
+from shared.status import Status, exit_code
 
 from . import common
 from .keysource import add_key_source_options, key_source
@@ -331,10 +332,7 @@ def _is_ip(host: str) -> bool:
 
 def _drop_root(blob_path: str) -> str:
     """The drop root a path names: the root itself, or its Metadata.json."""
-    path = blob_path.strip("/")
-    if is_metadata_blob(path):
-        return path[: len(path) - len(METADATA_SUFFIX)].rstrip("/")
-    return path
+    return drop_root_named_by(blob_path)
 
 
 def _landing_service(env: dict[str, str]) -> BlobServiceClient:
@@ -440,7 +438,7 @@ def ingest_command(args: argparse.Namespace) -> int:
 
     container, _, blob = args.path.strip("/").partition("/")
     if not is_metadata_blob(blob):
-        blob = f"{blob.rstrip('/')}/{METADATA_SUFFIX}" if blob else METADATA_SUFFIX
+        blob = metadata_path_of(blob.rstrip("/"))
     rt = common.runtime_from(args)
     if container != rt.settings.landing_container:
         return common.fail(
@@ -455,8 +453,9 @@ def ingest_command(args: argparse.Namespace) -> int:
         )
     outcome = ingest_metadata_blob(rt, container, blob)
     print(json.dumps(outcome.as_dict(), indent=2, default=str))
-    if outcome.status in ("delivered", "skipped"):
-        return common.EXIT_OK
-    if outcome.status == "failed":
-        return common.fail(f"{outcome.code}: {outcome.reason}")
-    return common.fail(f"{outcome.status}: {outcome.reason}", common.EXIT_TRANSIENT)
+    code = exit_code([outcome.status], "drop ingest")
+    if code == common.EXIT_OK:
+        return code
+    if outcome.status == Status.FAILED:
+        return common.fail(f"{outcome.code}: {outcome.reason}", code)
+    return common.fail(f"{outcome.status}: {outcome.reason}", code)

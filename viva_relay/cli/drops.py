@@ -18,6 +18,7 @@ from shared.cleanup import (
 )
 from shared.ledger import DELETING, STATES, DropRecord
 from shared.reprocess import reprocess_drop
+from shared.status import exit_code
 from shared.tables import utcnow
 
 from . import common
@@ -194,9 +195,10 @@ def reprocess_command(args: argparse.Namespace) -> int:
     outcome = reprocess_drop(rt, args.drop_id)
     after = rt.ledger.find(args.drop_id)
     print(json.dumps(outcome.as_dict() | {"state": after.state if after else None}, indent=2, default=str))
-    if outcome.status == "delivered":
-        return common.EXIT_OK
-    return common.fail(f"drop {args.drop_id} not delivered: {outcome.status}: {outcome.reason}")
+    code = exit_code([outcome.status], "drops reprocess")
+    if code == common.EXIT_OK:
+        return code
+    return common.fail(f"drop {args.drop_id} not delivered: {outcome.status}: {outcome.reason}", code)
 
 
 def _print_deletions(results: list[DropDeletion], *, details: bool) -> None:
@@ -280,7 +282,9 @@ def cleanup_command(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2, default=str))
     else:
         _print_report(report)
-    return common.EXIT_OK if report.ok else common.EXIT_PROBLEM
+    code = exit_code([d.status for d in report.drops], "drops cleanup")
+    # An orphan scan that failed is a problem too (report.ok says the same; the code comes from the mapping).
+    return max(code, common.EXIT_PROBLEM) if report.orphan_error else code
 
 
 def delete_orphans_command(args: argparse.Namespace) -> int:
@@ -304,4 +308,4 @@ def delete_orphans_command(args: argparse.Namespace) -> int:
     else:
         print(f"Orphans older than {hours} h{' (dry run: nothing is deleted)' if args.dry_run else ''}:")
         _print_deletions(results, details=True)
-    return common.EXIT_PROBLEM if any(r.status == "error" for r in results) else common.EXIT_OK
+    return exit_code([r.status for r in results], "drops delete-orphans")

@@ -20,12 +20,10 @@ from shared.errors import TransientError, VivaRelayError
 from shared.preflight import require_sign_in
 from shared.runs import FollowOutcome, drops_of_run, follow_runs, run_ledger, start_runs, tenant_registry
 from shared.runtime import ARM_ENDPOINT, Runtime, check_test_token
+from shared.status import Status, exit_code
 
 from . import common
 from .drop import _tenant
-
-#: Follow events that need an operator's attention (exit code 1 for monitoring).
-_BAD_EVENTS = frozenset({"failed", "lost", "no_drop_alert", "error"})
 
 
 def _date(text: str) -> date:
@@ -154,7 +152,7 @@ def start_command(args: argparse.Namespace) -> int:
             for o in outcomes
         ]
         common.print_table(rows, ["tenant", "name", "result", "run_id", "message"])
-    return common.EXIT_PROBLEM if any(o.status == "failed" for o in outcomes) else common.EXIT_OK
+    return exit_code([o.status for o in outcomes], "runs start")
 
 
 def list_command(args: argparse.Namespace) -> int:
@@ -215,7 +213,7 @@ def follow_command(args: argparse.Namespace) -> int:
             for o in outcomes
         ]
         common.print_table(rows, ["tenant", "run_id", "status", "event", "message"])
-    return common.EXIT_PROBLEM if any(o.event in _BAD_EVENTS for o in outcomes) else common.EXIT_OK
+    return exit_code([o.event for o in outcomes], "runs follow")
 
 
 def _change_line(o: FollowOutcome, started: float) -> str:
@@ -248,8 +246,8 @@ def watch_command(args: argparse.Namespace) -> int:
     if not last and not args.json:
         print("no run to follow (runs start starts one; runs list shows them all)")
     failed_drop = _watch_drops(rt, args, [o for o in last.values() if o.event == "drop_found"], started)
-    bad_run = any(o.event in _BAD_EVENTS for o in last.values())
-    return common.EXIT_PROBLEM if bad_run or failed_drop else common.EXIT_OK
+    code = exit_code([o.event for o in last.values()], "runs follow")
+    return max(code, common.EXIT_PROBLEM) if failed_drop else code
 
 
 #: Drop states after which nothing more happens without an operator.
@@ -270,7 +268,7 @@ def _watch_drops(rt: Runtime, args: argparse.Namespace, found: list[FollowOutcom
             text = "; ".join(f"drop {d['drop_id']} is {d['state']}" for d in drops)
             if text and text != shown[run_id]:
                 shown[run_id] = text
-                done = FollowOutcome(o.tenant_id, run_id, o.status, "drop", text)
+                done = FollowOutcome(o.tenant_id, run_id, o.status, Status.DROP, text)
                 print(json.dumps(done.as_dict()) if args.json else _change_line(done, started), flush=True)
             if drops and all(d["state"] in _SETTLED_DROP_STATES for d in drops):
                 failed = failed or any(d["state"] == "failed" for d in drops)
