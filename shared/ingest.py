@@ -25,6 +25,7 @@ from .config import input_limits
 from .contract import CheckingValidator, ContractCheck
 from .errors import (
     BadRow,
+    ConfigError,
     DataReplaced,
     DropError,
     ExtractionFailed,
@@ -171,7 +172,7 @@ def stream_drop(
     if files is None:
         files = source.data_files_or_fail(metadata.rows_expected)
     stats.data_files = len(files)
-    validator = RowValidator(max_blank_bytes) if check is None else CheckingValidator(check, max_blank_bytes)
+    validator = RowValidator(max_blank_bytes) if check is None else CheckingValidator(check, max_blank_bytes, stages)
     expected = metadata.rows_expected
     for data_file in files:
         stats.ciphertext_bytes += data_file.size
@@ -589,6 +590,10 @@ def ingest_metadata_blob(rt: Runtime, container: str, blob_name: str, metadata: 
     try:
         source = BlobDropSource(rt.landing_container(container), location)
         return ingest_drop(rt, source, metadata)
+    except ConfigError:
+        # The deployment's settings are wrong (a missing pseudonym secret, say), not the drop: it stays
+        # untouched, unclaimed, until they are fixed (docs/contract.md), instead of failing for them.
+        raise
     except Exception as exc:
         return _last_resort(rt, location, exc)
 
