@@ -37,9 +37,9 @@ def test_the_function_and_the_cli_get_the_same_folder_backend(tmp_path: Path) ->
 
 def test_key_vault_is_chosen_by_the_same_entry() -> None:
     rt = Runtime(
-        Settings.from_env({"KEY_SOURCE": "keyvault", "KEY_VAULT_URL": "https://v.vault.azure.net"}),
+        Settings.from_env({"KEY_SOURCE": "keyvault", "KEY_VAULT_URL": "https://relay-vault.vault.azure.net"}),
         credential_factory=lambda env, target: pytest.fail("no sign-in needed to build the unwrapper"),
         credential=object(),  # type: ignore[arg-type]
     )
     assert isinstance(rt.unwrapper, KeyVaultUnwrapper)
-    assert CliKeySource(vault_url="https://v.vault.azure.net").backend is KEY_SOURCES["keyvault"]
+    assert CliKeySource(vault_url="https://relay-vault.vault.azure.net").backend is KEY_SOURCES["keyvault"]
