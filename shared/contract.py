@@ -23,7 +23,7 @@ import operator
 import re
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -627,12 +627,31 @@ def report_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
+_CONTAINER_TYPES = frozenset((simdjson.Object, simdjson.Array))
+
+
+def plain_copy(value: Any) -> Any:
+    """A simdjson container as plain Python (it must not outlive the parser's next row)."""
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
 class CheckingValidator(RowValidator):
     """Row validation that also shows each parsed row to a :class:`ContractCheck` (one parse per row)."""
 
-    def __init__(self, check: ContractCheck, max_blank_bytes: int = MAX_BLANK_BYTES) -> None:
+    def __init__(
+        self, check: ContractCheck, max_blank_bytes: int = MAX_BLANK_BYTES, stages: Sequence[Any] = ()
+    ) -> None:
         super().__init__(max_blank_bytes)
         self.check = check
+        # The first row stage may read its columns from this parse (``pick``) and be handed them
+        # (``hand_over``), so a transformed row is parsed once, not twice.
+        first = stages[0] if stages else None
+        self._pick: Callable[[Any], tuple[Any, ...]] | None = getattr(first, "pick", None)
+        self._taker = first if self._pick is not None else None
 
     def validate(self, lines: list[bytes]) -> list[bytes]:
         """Validate as :class:`RowValidator` does, observing every row.
@@ -652,11 +671,22 @@ class CheckingValidator(RowValidator):
         where: list[int] = []
         date_key, person_key = c._date_key, c._person_key
         done = 0
+        pick = self._pick
+        picked: list[tuple[Any, ...]] = []
         try:
             for line in lines:
                 doc = parse(line)
                 if type(doc) is not object_type:
                     break
+                if pick is not None:
+                    try:
+                        values = pick(doc)
+                    except KeyError:  # a kept column is absent: the stage reads this batch itself
+                        pick = None
+                    else:
+                        if not _CONTAINER_TYPES.isdisjoint(map(type, values)):
+                            values = tuple(map(plain_copy, values))  # must not outlive the parser's row
+                        picked.append(values)
                 i = c.rows
                 if i < FULL_CHECK_ROWS or len(doc) != c._last_width or i % every == 0 or c._null_candidates:
                     observe(doc, line)
@@ -681,6 +711,8 @@ class CheckingValidator(RowValidator):
             c.take(dates, persons, where)
         self.rows += done
         if done == len(lines):
+            if pick is not None and self._taker is not None:
+                self._taker.hand_over(lines, picked)
             return lines
         rest = self._slow(lines[done:])
         for line in rest:

@@ -174,7 +174,7 @@ def stream_drop(
     if files is None:
         files = source.data_files_or_fail(metadata.rows_expected)
     stats.data_files = len(files)
-    validator = RowValidator(max_blank_bytes) if check is None else CheckingValidator(check, max_blank_bytes)
+    validator = RowValidator(max_blank_bytes) if check is None else CheckingValidator(check, max_blank_bytes, stages)
     expected = metadata.rows_expected
     for data_file in files:
         stats.ciphertext_bytes += data_file.size
