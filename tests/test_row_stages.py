@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devtools.azurite import Azurite
+from devtools.clock import ShiftedClock
 from devtools.keyvault_standin import KeyVaultStandIn
 from devtools.simulate import generate_rows
 from shared.config import Settings
@@ -200,7 +202,6 @@ def test_all_transforms_together_and_after_a_resume(azurite: Azurite, tmp_path: 
         "PSEUDONYMISE": "true",
         "DOWNSTREAM_MESSAGE_ENCODING": "json",
         "CHECKPOINT_EVERY_MESSAGES": "2",
-        "DROP_LEASE_SECONDS": "2",
     }
     relay = make_relay(azurite, tmp_path, **settings)
     write_secret(relay)
@@ -212,7 +213,9 @@ def test_all_transforms_together_and_after_a_resume(azurite: Azurite, tmp_path: 
     def dies_after_5_puts(self: QueueSink, message: Any) -> None:
         nonlocal puts
         puts += 1
-        if puts > 5:
+        # Puts complete asynchronously: die at the first put after a checkpoint is in the ledger, so the
+        # next worker really resumes (not restarts).
+        if puts > 5 and record_of(relay, tenant).checkpoint_seq >= 0:
             self.flush()
             raise KeyboardInterrupt  # the process dies mid-drop
         original(self, message)
@@ -225,12 +228,15 @@ def test_all_transforms_together_and_after_a_resume(azurite: Azurite, tmp_path: 
         QueueSink.put = original  # type: ignore[method-assign]
     record = record_of(relay, tenant)
     assert record.checkpoint_seq >= 0
-    import time
-
-    time.sleep(2.3)
-    # The worker that resumes has every transform off: the drop still packs as it started.
-    plain = Runtime(Settings.from_env({k: v for k, v in relay.env.items() if k not in settings} | {
-        "DOWNSTREAM_MESSAGE_ENCODING": "json", "DROP_LEASE_SECONDS": "2"}))  # fmt: skip
+    # The worker that resumes has every transform off, and its clock is past the dead attempt's lease
+    # (no sleeping it out): the drop still packs as it started.
+    after_lease = ShiftedClock(timedelta(seconds=relay.settings.drop_lease_seconds + 1))
+    plain = Runtime(
+        Settings.from_env(
+            {k: v for k, v in relay.env.items() if k not in settings} | {"DOWNSTREAM_MESSAGE_ENCODING": "json"}
+        ),
+        clock=after_lease,
+    )
     outcome = ingest(relay, path, plain)
     assert outcome.status == "delivered", outcome.reason
     assert record_of(relay, tenant).props["ResumedFromSeq"] >= 0
