@@ -15,6 +15,9 @@ One row per drop: PartitionKey = tenant id (the one the drop's location names), 
 Every transition is a conditional write on the row's ETag, so two workers can never both own a
 drop: the loser of a race re-reads and sees the winner's lease. Modelled on a persistence layer
 with one interface and concrete backends; :class:`TableDropLedger` is the Azure Table backend.
+A row is a frozen, typed :class:`DropRecord` (``shared/droprecord.py``, whose codec alone knows the
+column names); a transition names record fields, makes a new record and writes it through
+``tables.with_etag_retries``.
 """
 
 from __future__ import annotations

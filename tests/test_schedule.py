@@ -24,6 +24,7 @@ from azure.functions.timer import TimerRequest
 
 import shared.runtime
 from devtools.azurite import Azurite
+from devtools.clock import ManualClock
 from devtools.datafactory_standin import DataFactoryStandIn
 from shared.ingest import ingest_metadata_blob
 from shared.runs import (
@@ -645,3 +646,19 @@ def test_test_token_is_refused_for_a_real_endpoint(
     assert main(["runs", "start"]) == 3
     assert "for local stand-ins only" in capsys.readouterr().err
     assert sched.adf.requests == []
+
+
+def test_start_and_follow_take_their_time_from_the_runtime_clock(sched: Schedule) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    sched.rt.clock = clock
+    tenant = sched.add("Clocked")
+    assert tenant.added_at == tenant.updated_at == clock()  # the registry asks the same clock
+    run_id = sched.start()[tenant.tenant_id].run_id
+    record = sched.ledger.get(tenant.tenant_id, run_id)
+    assert record is not None and record.started_at == clock()
+    sched.adf.set_run_status(run_id, "Succeeded")
+
+    assert sched.follow()[run_id].event == "succeeded"  # no drop yet, well inside the alert time
+    assert sched.ledger.get(tenant.tenant_id, run_id).last_checked_at == clock()  # type: ignore[union-attr]
+    clock.advance(hours=25)  # instead of waiting a day
+    assert sched.follow()[run_id].event == "no_drop_alert"
