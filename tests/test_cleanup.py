@@ -11,7 +11,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,21 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 import shared.runtime
-from shared.cleanup import cleanup_drops, delete_drop, delete_strays, find_orphans, scan_landing
+from shared import location as layout
+from shared.cleanup import (
+    BlobEntry,
+    cleanup_drops,
+    delete_drop,
+    delete_strays,
+    find_orphans,
+    plan_deletion,
+    scan_landing,
+)
 from shared.config import Settings
 from shared.ingest import IngestOutcome, ingest_metadata_blob
 from shared.ledger import DropRecord
 from shared.location import location_from_blob
+from shared.manifest import ReadBlob
 from shared.reprocess import reprocess_drop
 from shared.tables import utcnow
 from tests.conftest import Relay, make_relay
@@ -649,3 +659,27 @@ def test_list_json_is_machine_readable(azurite: Any, tmp_path: Path, here: Cli) 
     assert doc["drop_id"] == delivered.drop_id and doc["state"] == "delivered"
     assert doc["rows"] == 12 and doc["rows_expected"] == 12 and isinstance(doc["messages"], int)
     assert doc["reason"] is None and doc["first_seen"].startswith("20")
+
+
+def test_the_etag_the_delivery_read_decides_what_goes_not_a_timestamp() -> None:
+    """Storage keeps whole seconds and another clock than the worker's: a time cannot tell the blobs apart."""
+    root = "run/VivaInsights/" + str(uuid.uuid4())
+    metadata = layout.metadata_path_of(root)
+    data, rerun, folder = f"{root}/data/part-1.json.gz.enc", f"{root}/data/part-rerun.json.gz.enc", f"{root}/data"
+    delivered = datetime(2026, 5, 1, 12, 0, 0, 400_000, tzinfo=UTC)
+    same_second = delivered.replace(microsecond=0)
+    ahead = delivered + timedelta(seconds=30)  # the storage clock runs ahead of the worker that delivered
+    read = {data: ReadBlob(data, '"e1"', 10), metadata: ReadBlob(metadata, '"m1"', -1)}
+    blobs = [
+        BlobEntry(data, 10, ahead, "e1"),  # what the delivery read: its ETag says it is unchanged
+        BlobEntry(metadata, 50, same_second, "m2"),  # rewritten in the second of the delivery
+        BlobEntry(rerun, 10, same_second, "r1"),  # a later run's file, same second
+        BlobEntry(folder, 0, ahead, "f1"),  # a folder marker: no ETag vouches for it, so the time still does
+    ]
+    plan = plan_deletion(blobs, root, newer_than=delivered, newer_why="the delivery", recorded=None, read=read)
+    assert [b.name for b in plan.delete] == [data]
+    assert {k.name: k.why.split(" (")[0].split(",")[0] for k in plan.kept} == {
+        metadata: "rewritten since the delivery read it",
+        rerun: "not read by the delivery: a later run's drop or a stray; not deleted",
+        folder: f"modified at {ahead.isoformat()}",
+    }
