@@ -141,25 +141,24 @@ def ingest_drop(demo: Demo) -> None:
     wall = time.perf_counter() - started
     [record] = list(rt.ledger.list(tenant=demo.tenant))
     demo.facts["drop"] = record
-    p = record.props
     say("drop id", record.drop_id)
     state = record.state
     if state == "deleted":
         state = "delivered (then deleted from the landing storage by the immediate cleanup pass)"
     say("state", state)
     if record.state not in ("delivered", "deleted"):
-        say("reason", str(p.get("Reason")))
+        say("reason", str(record.reason))
         raise SystemExit(1)
-    say("rows", f"{p.get('Rows', 0):,} delivered of {int(p.get('RowsExpected', 0)):,} in Metadata.json")
-    say("messages", f"{p.get('Messages', 0):,} row messages + 1 completion ({p.get('Encoding')})")
-    if p.get("SchemaReport"):
-        checks = sorted({f["check"] for f in json.loads(p["SchemaReport"])["findings"]})
+    say("rows", f"{record.rows or 0:,} delivered of {record.rows_expected or 0:,} in Metadata.json")
+    say("messages", f"{record.messages or 0:,} row messages + 1 completion ({record.encoding})")
+    if record.schema_report:
+        checks = sorted({f["check"] for f in json.loads(record.schema_report)["findings"]})
         drift = "drift: " + ", ".join(checks) if checks else "no drift"
         say("schema", f"{drift} (the simulated rows copy Microsoft's v1 sample shape; docs/contract.md)")
     say(
         "speed",
-        f"{p.get('MBps')} MB/s through decrypt+gunzip+validate+pack+queue ({wall:.2f} s wall, key unwrapped"
-        f" in Key Vault with {p.get('Algorithm')})",
+        f"{record.mbps} MB/s through decrypt+gunzip+validate+pack+queue ({wall:.2f} s wall, key unwrapped"
+        f" in Key Vault with {record.algorithm})",
     )
 
 
@@ -190,7 +189,7 @@ def cleanup_and_follow(demo: Demo) -> None:
     app_function("follow_pipeline_runs")(TimerRequest())
     run = run_ledger(rt).get(demo.tenant, demo.facts["run_id"])
     assert run is not None
-    say("followed", f"run {run.status}, its drop {run.props.get('DropState') or '(not found)'}")
+    say("followed", f"run {run.status}, its drop {run.drop_state or '(not found)'}")
 
 
 def show_lists(demo: Demo) -> None:

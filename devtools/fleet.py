@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from math import lcm
 from pathlib import Path
@@ -35,7 +36,9 @@ from azure.core.exceptions import ResourceExistsError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from shared.droprecord import DROP_CODEC, DropRecord
 from shared.keyfolder import key_version
+from shared.runrecord import RUN_CODEC, RunRecord
 from shared.runtime import Runtime
 from shared.tenants import Tenant, TenantRegistry
 
@@ -106,22 +109,22 @@ def register(registry: TenantRegistry, tenants: Sequence[Tenant], now: datetime)
 def run_row(
     tenant: str, run_id: str, status: str, started: datetime, ended: datetime | None, message: str = ""
 ) -> dict[str, Any]:
-    """A run-ledger entity as the schedule and follow timers leave it."""
-    row: dict[str, Any] = {
-        "PartitionKey": tenant,
-        "RowKey": run_id,
-        "Status": status,
-        "Message": message,
-        "Trigger": "schedule",
-        "StartedAt": started,
-        "Watch": False,
-        "NoDropAlert": False,
-        "DropId": "",
-        "DropState": "",
-    }
+    """A run-ledger entity as the schedule and follow timers leave it (written through the run codec)."""
+    record = RunRecord(
+        tenant,
+        run_id,
+        status=status,
+        message=message,
+        trigger="schedule",
+        started_at=started,
+        watch=False,
+        no_drop_alert=False,
+        drop_id="",
+        drop_state="",
+    )
     if ended is not None:
-        row |= {"RunStart": started, "RunEnd": ended}
-    return row
+        record = replace(record, run_start=started, run_end=ended)
+    return RUN_CODEC.encode(record)
 
 
 def drop_row(
@@ -136,24 +139,24 @@ def drop_row(
     key_version: str = "",
     reason: str = "",
 ) -> dict[str, Any]:
-    """A drop-ledger entity in ``state`` (delivered: ``at`` is DeliveredAt; failed: FailedAt)."""
-    row: dict[str, Any] = {
-        "PartitionKey": tenant,
-        "RowKey": drop_id,
-        "State": state,
-        "RunId": run_id,
-        "FirstSeen": first_seen,
-        "Attempts": 1,
-        "CheckpointSeq": -1,
-        "CheckpointRows": rows,
-        "PublicKeyVersion": key_version,
-        "Reason": reason,
-    }
+    """A drop-ledger entity in ``state`` (delivered: ``at`` is DeliveredAt; failed: FailedAt), via the drop codec."""
+    record = DropRecord(
+        tenant,
+        drop_id,
+        state=state,
+        run_id=run_id,
+        first_seen=first_seen,
+        attempts=1,
+        checkpoint_seq=-1,
+        checkpoint_rows=rows,
+        public_key_version=key_version,
+        reason=reason,
+    )
     if state == "delivered":
-        row |= {"DeliveredAt": at or first_seen, "Rows": rows}
+        record = replace(record, delivered_at=at or first_seen, rows=rows)
     elif state == "failed":
-        row |= {"FailedAt": at or first_seen, "ReasonCode": "simulated"}
-    return row
+        record = replace(record, failed_at=at or first_seen, reason_code="simulated")
+    return DROP_CODEC.encode(record)
 
 
 def write_rows(rt: Runtime, table_name: str, rows: Sequence[dict[str, Any]]) -> None:

@@ -46,7 +46,6 @@ from . import location as layout
 from .errors import TransientError
 from .ledger import DELETED, DELIVERED, FAILED, DropRecord, new_owner_id
 from .location import DropLocation, is_metadata_blob, location_from_blob
-from .manifest import COLUMN as READ_BLOBS
 from .manifest import ReadBlob, parse_manifest, same_etag
 from .runtime import Runtime
 from .status import Status
@@ -212,7 +211,11 @@ def plan_deletion(
     ``newer_than``: blobs modified after it are kept (``newer_why`` says what that moment was).
     ``recorded``: the data files and bytes the delivery read; deleting more than that is refused.
     ``read``: the exact blobs the delivery read; when given, only those (with their recorded ETag)
-    and the empty folder markers above them may go, and everything else is kept.
+    and the empty folder markers above them may go, and everything else is kept. A blob whose ETag
+    is the one the delivery read is unchanged since, whatever its timestamp says: the ETag decides,
+    not ``newer_than`` (storage keeps whole seconds of Last-Modified, so a time cannot tell a write
+    in the second of the delivery from one before it). ``newer_than`` still guards what no ETag
+    vouches for: folder markers, and drops without a list (failed drops, orphans).
     Order: data files, then the metadata folder (Metadata.json last, so an interrupted run leaves
     the drop findable), then empty blobs deepest first (directories of a hierarchical namespace
     must be empty before they can go).
@@ -240,7 +243,8 @@ def plan_deletion(
                 continue
         if not drop_root and not in_metadata and b.size == 0:
             continue  # at the container root an empty blob is a folder marker, not the drop's
-        if b.last_modified > newer_than:
+        vouched = read is not None and b.name in read  # read, with the recorded ETag (_not_read above)
+        if not vouched and b.last_modified > newer_than:
             plan.kept.append(KeptBlob(b.name, f"modified at {b.last_modified.isoformat()}, after {newer_why}"))
             continue
         if b.size == 0 and not is_metadata_blob(b.name):
@@ -332,14 +336,14 @@ def _rule(rt: Runtime, record: DropRecord, now: datetime) -> tuple[_Rule | None,
     settings = rt.settings
     location = record.location
     if record.state == DELIVERED:
-        delivered = _when(record.props.get("DeliveredAt"))
-        read = parse_manifest(record.props.get(READ_BLOBS))
+        delivered = record.delivered_at
+        read = parse_manifest(record.read_blobs)
         if delivered is None or not read:
             return None, REFUSED, "the ledger row does not record when and which blobs the delivery read"
         rule = _Rule("delivered", delivered, f"the drop was delivered at {delivered.isoformat()}", None, read)
     elif record.state == FAILED:
         days = settings.failed_retention_days
-        failed = _when(record.props.get("FailedAt"))
+        failed = record.failed_at
         if days <= 0:
             return None, SKIPPED, "failed drops are kept until an operator acts (FAILED_DROP_RETENTION_DAYS=0)"
         if failed is None or now - failed < timedelta(days=days):
@@ -389,8 +393,8 @@ def delete_drop(rt: Runtime, record: DropRecord, *, dry_run: bool = False, now: 
     claimed = rt.ledger.claim_deletion(record, owner, rt.settings.drop_lease_seconds, states=(record.state,), now=now)
     if claimed is None:
         fresh = rt.ledger.get(record.tenant, record.drop_id)
-        if fresh is not None and fresh.props.get("DeletingOwner"):
-            result.reason = f"another cleanup is deleting it (until {fresh.props.get('DeletingUntil')})"
+        if fresh is not None and fresh.deleting_owner:
+            result.reason = f"another cleanup is deleting it (until {fresh.deleting_until})"
         else:
             result.reason = f"the drop is {fresh.state if fresh else 'gone from the ledger'} now"
         return result
@@ -419,13 +423,13 @@ def delete_drop(rt: Runtime, record: DropRecord, *, dry_run: bool = False, now: 
         log.error("drop %s: %s", record.drop_id, result.reason)
         return result
     details = {
-        "DeleteReason": rule.why,
-        "StateBeforeDelete": claimed.state,
-        "BlobsDeleted": len(result.deleted),
-        "BlobsAlreadyGone": len(result.already_gone),
-        "BlobsKept": len(result.kept),
-        "KeptBlobs": _kept_column(result.kept) or None,
-        "CleanupNote": None,
+        "delete_reason": rule.why,
+        "state_before_delete": claimed.state,
+        "blobs_deleted": len(result.deleted),
+        "blobs_already_gone": len(result.already_gone),
+        "blobs_kept": len(result.kept),
+        "kept_blobs": _kept_column(result.kept) or None,
+        "cleanup_note": None,
     }
     if rt.ledger.mark_deleted(claimed, owner, details) is None:
         result.status, result.reason = ERROR, "the deletion marker was taken over before the row could be updated"
@@ -655,7 +659,7 @@ def delete_orphans(
         claimed: DropRecord | None
         if orphan.kind == ORPHAN_UNKNOWN:
             claimed = rt.ledger.record_orphan_deletion(
-                location, orphan.tenant, owner, lease, {"DeleteReason": why, "StateBeforeDelete": "unknown"}
+                location, orphan.tenant, owner, lease, {"delete_reason": why, "state_before_delete": "unknown"}
             )
         else:
             record = rt.ledger.get(orphan.tenant, orphan.drop_id)
@@ -671,11 +675,11 @@ def delete_orphans(
             rt.ledger.release_deletion(claimed, owner, f"orphan deletion interrupted: {exc}")
             raise
         details = {
-            "OrphanDeletedAt": utcnow(),
-            "OrphanDeleteReason": why,
-            "OrphanBlobsDeleted": len(result.deleted),
-            "OrphanBlobsKept": len(result.kept),
-            "OrphanBlobsLeased": len(result.leased),
+            "orphan_deleted_at": rt.clock(),
+            "orphan_delete_reason": why,
+            "orphan_blobs_deleted": len(result.deleted),
+            "orphan_blobs_kept": len(result.kept),
+            "orphan_blobs_leased": len(result.leased),
         }
         if rt.ledger.mark_deleted(claimed, owner, details) is None:
             result.status, result.reason = ERROR, "the deletion marker was taken over before the row could be updated"

@@ -37,7 +37,6 @@ from .keycheck import KEY_EXPIRING, KeyVersionInfo, findings
 from .keyrotation import key_needs, retirable
 from .ledger import FAILED, WAITING, DropRecord
 from .runs import LOST, START_FAILED, RunRecord, run_ledger, tenant_registry
-from .tables import as_utc
 from .tenants import Tenant
 
 if TYPE_CHECKING:
@@ -55,19 +54,19 @@ LOOKBACK: Final = timedelta(weeks=8)
 FLEET: Final = ""  # the "tenant" of fleet-wide problems
 
 _RUN_FAILURES: Final = ("Failed", "Cancelled", START_FAILED, LOST)
-#: The columns the rules and ``status`` read (a projection keeps the fleet-wide reads small).
-RUN_COLUMNS: Final = ("Status", "Message", "StartedAt", "RunEnd", "DropId", "NoDropAlert")
+#: The record fields the rules and ``status`` read (a projection keeps the fleet-wide reads small).
+RUN_COLUMNS: Final = ("status", "message", "started_at", "run_end", "drop_id", "no_drop_alert")
 DROP_COLUMNS: Final = (
-    "State",
-    "FirstSeen",
-    "DeliveredAt",
-    "FailedAt",
-    "RunId",
-    "Rows",
-    "PublicKeyVersion",
-    "Reason",
-    "ReasonCode",
-    "SchemaDrift",
+    "state",
+    "first_seen",
+    "delivered_at",
+    "failed_at",
+    "run_id",
+    "rows",
+    "public_key_version",
+    "reason",
+    "reason_code",
+    "schema_drift",
 )
 
 
@@ -220,8 +219,7 @@ def _round(value: float | None) -> float | None:
 
 def drop_time(drop: DropRecord) -> datetime | None:
     """When the drop last changed state (delivered, failed), else when it was first seen."""
-    p = drop.props
-    return as_utc(p.get("DeliveredAt")) or as_utc(p.get("FailedAt")) or as_utc(p.get("FirstSeen"))
+    return drop.delivered_at or drop.failed_at or drop.first_seen
 
 
 def _drop_view(drop: DropRecord) -> dict[str, Any]:
@@ -229,9 +227,9 @@ def _drop_view(drop: DropRecord) -> dict[str, Any]:
         "tenant_id": drop.tenant,
         "drop_id": drop.drop_id,
         "state": drop.state,
-        "rows": drop.props.get("Rows"),
+        "rows": drop.rows,
         "at": _iso(drop_time(drop)),
-        "reason": str(drop.props.get("Reason", "") or ""),
+        "reason": drop.reason or "",
     }
 
 
@@ -391,7 +389,7 @@ def lag_hours(tenant: Tenant, run: RunRecord | None, now: datetime) -> float | N
 
 def rule_runs(snap: Snapshot, s: Settings) -> Iterator[Problem]:
     """No run in this week's window; the latest run failed; it succeeded without a drop."""
-    drop_runs = {str(d.props.get("RunId") or "") for drops in snap.drops.values() for d in drops}
+    drop_runs = {d.run_id for drops in snap.drops.values() for d in drops}
     for t in snap.tenants:
         if not t.enabled:
             continue
@@ -408,9 +406,9 @@ def rule_runs(snap: Snapshot, s: Settings) -> Iterator[Problem]:
             msg = f"pipeline run {run.run_id} {run.status}: {run.message or '(no message)'}"[:500]
             advice = f"viva-relay runs show {run.run_id}; fix the cause (often consent or the key), then runs start"
             yield Problem("run_failed", ERROR, t.tenant_id, run.run_id, msg, advice)
-        elif run.status == "Succeeded" and run.run_id not in drop_runs and not run.props.get("DropId"):
+        elif run.status == "Succeeded" and run.run_id not in drop_runs and not run.drop_id:
             ended = run.run_end or run.started_at or snap.now
-            if run.props.get("NoDropAlert") or snap.now - ended >= timedelta(hours=s.run_no_drop_alert_hours):
+            if run.no_drop_alert or snap.now - ended >= timedelta(hours=s.run_no_drop_alert_hours):
                 msg = f"pipeline run {run.run_id} succeeded at {ended.isoformat()} but no drop arrived"
                 advice = "check the landing container and the Event Grid subscription"
                 yield Problem("run_no_drop", ERROR, t.tenant_id, run.run_id, msg, advice)
@@ -421,15 +419,15 @@ def rule_drops(snap: Snapshot, s: Settings) -> Iterator[Problem]:
     limit = timedelta(hours=s.drop_waiting_alert_hours)
     for tenant, drops in snap.drops.items():
         for d in drops:
-            reason = str(d.props.get("Reason", "") or "")[:300]
+            reason = (d.reason or "")[:300]
             if d.state == FAILED:
-                msg = f"drop {d.drop_id} failed: {d.props.get('ReasonCode', '')} {reason}".strip()
+                msg = f"drop {d.drop_id} failed: {d.reason_code or ''} {reason}".strip()
                 advice = (
                     f"viva-relay drops show {d.drop_id}; fix the cause, then viva-relay drops reprocess {d.drop_id}"
                 )
                 yield Problem("drop_failed", ERROR, tenant, d.drop_id, msg, advice)
             elif d.state == WAITING:
-                first = as_utc(d.props.get("FirstSeen"))
+                first = d.first_seen
                 if first is not None and snap.now - first > limit:
                     hours = (snap.now - first).total_seconds() / 3600
                     msg = f"drop {d.drop_id} has been waiting {hours:.0f} h: {reason}"
@@ -446,7 +444,7 @@ def rule_schema_drift(snap: Snapshot, s: Settings) -> Iterator[Problem]:
     """The tenant's last drop was flagged by the contract check (``SchemaDrift``)."""
     for t in snap.tenants:
         d = _last_drop(snap, t.tenant_id)
-        if d is not None and d.props.get("SchemaDrift") is True:
+        if d is not None and d.schema_drift is True:
             msg = f"drop {d.drop_id} does not match the expected schema"
             advice = f"read the drop's SchemaReport (viva-relay drops show {d.drop_id}) and tell the consumers"
             yield Problem("schema_drift", WARNING, t.tenant_id, d.drop_id, msg, advice)
@@ -492,7 +490,7 @@ def evaluate(snap: Snapshot, settings: Settings, rules: Iterable[Rule] = RULES) 
         key = current.get(t.tenant_id)
         run = _latest_run(snap, t.tenant_id)
         drop = _last_drop(snap, t.tenant_id)
-        drift = drop.props.get("SchemaDrift") if drop is not None else None
+        drift = drop.schema_drift if drop is not None else None
         rows.append(
             TenantHealth(
                 tenant=t,

@@ -47,7 +47,6 @@ from .errors import (
 from .keys import FileKey, KeyUnwrapper
 from .ledger import DELETED, DELIVERED, IN_PROGRESS, DropRecord, new_owner_id
 from .location import DropLocation, generation_of, is_metadata_blob, location_from_blob
-from .manifest import COLUMN as READ_BLOBS
 from .manifest import changed_files, manifest_text, parse_manifest
 from .messages import CONTRACT_VERSION, Envelope, failure_message
 from .metadata import DropMetadata, parse_metadata
@@ -56,7 +55,6 @@ from .runtime import Runtime
 from .sinks import RowSink
 from .sources import BlobDropSource, DataFile, DropSource
 from .status import Status
-from .tables import as_utc
 from .transforms import RowSettings, RowStage
 
 log = logging.getLogger("viva_relay")
@@ -64,9 +62,9 @@ log = logging.getLogger("viva_relay")
 #: Attempts (event deliveries and re-checks, each with 3 quick tries) before a transient problem fails
 #: the drop: about an hour with the default 5-minute re-check schedule.
 MAX_ATTEMPTS = 12
-#: The ledger column set once the ``complete`` message was acknowledged: it is never sent again,
-#: and no ``failed`` message ever follows it.
-COMPLETE_SENT = "CompleteSentAt"
+#: The drop record's field set once the ``complete`` message was acknowledged (column CompleteSentAt):
+#: it is never sent again, and no ``failed`` message ever follows it.
+COMPLETE_SENT = "complete_sent_at"
 #: The reason code the last-resort guard records for an exception nobody expected.
 INTERNAL_ERROR = "internal_error"
 
@@ -218,14 +216,14 @@ def schema_verdict(check: ContractCheck, stages: Sequence[RowStage] = ()) -> dic
 
 def _metadata_columns(md: DropMetadata) -> dict[str, Any]:
     return {
-        "TableName": md.table_name,
-        "RowsExpected": md.rows_expected if md.rows_expected is not None else -1,
-        "ExtractionResultId": md.extraction_result_id,
-        "CopyActivityId": md.copy_activity_id,
-        "PublicKeyVersion": md.public_key_version,
-        "DataFactoryName": md.data_factory_name,
-        "OfficeGeo": md.office_geo,
-        "MetadataTenantId": md.tenant_id,
+        "table_name": md.table_name,
+        "rows_expected": md.rows_expected if md.rows_expected is not None else -1,
+        "extraction_result_id": md.extraction_result_id,
+        "copy_activity_id": md.copy_activity_id,
+        "public_key_version": md.public_key_version,
+        "data_factory_name": md.data_factory_name,
+        "office_geo": md.office_geo,
+        "metadata_tenant_id": md.tenant_id,
     }
 
 
@@ -270,13 +268,13 @@ class _Checkpointer:
 def _announce_failure(rt: Runtime, record: DropRecord, envelope: Envelope, exc: DropError) -> None:
     """Tell consumers that rows already sent for this drop are not to be used (best effort)."""
     fresh = rt.ledger.get(record.tenant, record.drop_id) or record
-    encoding = str(fresh.props.get("Encoding") or "")
+    encoding = fresh.encoding or ""
     if not encoding:
         return  # no attempt got as far as sending
-    if fresh.props.get(COMPLETE_SENT):
+    if fresh.complete_sent_at:
         return  # the drop is complete downstream: a failed message must never follow it
     try:
-        queue = rt.queue_named(str(fresh.props.get("Queue") or rt.settings.downstream_queue))
+        queue = rt.queue_named(fresh.queue or rt.settings.downstream_queue)
         payload = failure_message(envelope, encoding, exc.code, exc.reason)
         queue.send_message(payload, time_to_live=rt.settings.message_ttl_seconds)
     except Exception:  # the ledger still records the failure; consumers also see no completion
@@ -293,7 +291,7 @@ def _run_discriminator(md: DropMetadata) -> str:
 
 
 def _same_run(record: DropRecord, md: DropMetadata) -> bool:
-    recorded = str(record.props.get("ExtractionResultId") or record.props.get("CopyActivityId") or "")
+    recorded = record.extraction_result_id or record.copy_activity_id or ""
     current = md.extraction_result_id or md.copy_activity_id
     return not recorded or not current or recorded == current
 
@@ -416,7 +414,7 @@ class DropAttempt:
             if isinstance(exc, MetadataError):
                 return _fail(rt, location, tenant, exc, None)
             record = rt.ledger.mark_waiting(location, tenant, str(exc))
-            first = record.props.get("FirstSeen")
+            first = record.first_seen
             if first is not None and rt.clock() - first > timedelta(hours=self.settings.waiting_give_up_hours):
                 return _fail(rt, location, tenant, MetadataError(f"Metadata.json never became valid: {exc}"), None)
             return IngestOutcome(Status.WAITING, location.drop_id, tenant, str(exc))
@@ -446,8 +444,8 @@ class DropAttempt:
             log.info("drop %s not processed: %s", location.drop_id, claim.why)
             return IngestOutcome(Status.SKIPPED, location.drop_id, tenant, claim.why)
         record = self.record = claim.record
-        if int(record.props.get("Attempts", 1)) > MAX_ATTEMPTS and not record.props.get(COMPLETE_SENT):
-            last = str(record.props.get("LastError", "unknown error"))
+        if record.attempts > MAX_ATTEMPTS and not record.complete_sent_at:
+            last = record.last_error if record.last_error is not None else "unknown error"
             gave_up = DropError(f"gave up after {MAX_ATTEMPTS} attempts; last error: {last}")
             _announce_failure(rt, record, self._envelope(), gave_up)
             return _fail(rt, location, tenant, gave_up, record)
@@ -460,7 +458,7 @@ class DropAttempt:
         fresh = self.rt.ledger.get(self.tenant, self.location.drop_id)
         if fresh is None or fresh.state != IN_PROGRESS or fresh.lease_owner != self.owner:
             raise LeaseLost(f"drop {self.location.drop_id} was taken over before this attempt started")
-        if fresh.props.get(COMPLETE_SENT):
+        if fresh.complete_sent_at:
             # An earlier attempt sent the completion but could not record the delivery: record it
             # now, without reading or sending anything again.
             self.record = fresh
@@ -478,7 +476,7 @@ class DropAttempt:
         rt, settings, location, md = self.rt, self.settings, self.location, self._metadata()
         resume_from = fresh.checkpoint_seq
         files = self.source.data_files_or_fail(md.rows_expected)
-        read_before = parse_manifest(fresh.props.get(READ_BLOBS))
+        read_before = parse_manifest(fresh.read_blobs)
         if read_before:
             changed = changed_files(read_before, files)
             if changed:
@@ -486,29 +484,29 @@ class DropAttempt:
                     f"data file(s) {', '.join(changed[:5])} changed since an earlier attempt read them"
                     " (another run wrote there); the rows already sent are not to be used"
                 )
-            manifest = str(fresh.props.get(READ_BLOBS))
+            manifest = str(fresh.read_blobs)
         else:
             manifest = manifest_text(location.metadata_path, self.source.metadata_etag, files)
         # A resumed drop must be packed exactly as before (same encoding, same queue), or skipping the
         # checkpointed messages would skip rows: what the first attempt used is recorded and reused.
         # (Recorded before the first put of the first attempt, so even messages sent before any
         # checkpoint are re-sent identically.)
-        encoding = str(fresh.props.get("Encoding") or settings.message_encoding)
-        queue_name = str(fresh.props.get("Queue") or settings.downstream_queue)
+        encoding = fresh.encoding or settings.message_encoding
+        queue_name = fresh.queue or settings.downstream_queue
         assert self.row_settings is not None  # set by claim
-        recorded = rowplan.recorded_or(fresh.props, self.row_settings)
+        recorded = rowplan.recorded_or(fresh, self.row_settings)
         # Renew the lease now: the send guard below counts from this moment.
         fresh = rt.ledger.heartbeat(
             fresh,
             resume_from,
-            int(fresh.props.get("CheckpointRows", 0)),
+            fresh.checkpoint_rows,
             settings.drop_lease_seconds,
             extra={
-                "Encoding": encoding,
-                "Queue": queue_name,
-                "PackerVersion": CONTRACT_VERSION,
-                rowplan.RECORDED: recorded.to_json(),
-                READ_BLOBS: manifest or None,
+                "encoding": encoding,
+                "queue": queue_name,
+                "packer_version": CONTRACT_VERSION,
+                "row_settings": recorded.to_json(),
+                "read_blobs": manifest or None,
             },
         )
         self.record = fresh
@@ -527,7 +525,7 @@ class DropAttempt:
                 time_to_live=settings.message_ttl_seconds,
                 concurrency=settings.put_concurrency,
                 skip_through=resume_from,
-                skip_rows=int(fresh.props.get("CheckpointRows", 0)) if resume_from >= 0 else None,
+                skip_rows=fresh.checkpoint_rows if resume_from >= 0 else None,
                 before_put=checkpointer.guard,
             )
         checkpointer.sink = sink
@@ -571,20 +569,20 @@ class DropAttempt:
         record = self.record = rt.ledger.mark_delivered(
             record,
             {
-                "Rows": stats.rows,
-                "Messages": final_seq,  # rows messages; the completion message has seq = this
-                "MessagesPutThisAttempt": messages,
-                "CheckpointSeq": final_seq,
-                "CheckpointRows": stats.rows,
-                "Algorithm": stats.algorithm,
-                "KeyVersion": stats.key_version,
-                "DataFiles": stats.data_files,
-                "CiphertextBytes": stats.ciphertext_bytes,
-                "PlaintextBytes": stats.plaintext_bytes,
-                "Seconds": round(stats.seconds, 3),
-                "MBps": round(stats.mb_per_s, 1),
-                "Encoding": run.encoding,
-                "ResumedFromSeq": run.resume_from,
+                "rows": stats.rows,
+                "messages": final_seq,  # rows messages; the completion message has seq = this
+                "messages_put_this_attempt": messages,
+                "checkpoint_seq": final_seq,
+                "checkpoint_rows": stats.rows,
+                "algorithm": stats.algorithm,
+                "key_version": stats.key_version,
+                "data_files": stats.data_files,
+                "ciphertext_bytes": stats.ciphertext_bytes,
+                "plaintext_bytes": stats.plaintext_bytes,
+                "seconds": round(stats.seconds, 3),
+                "mbps": round(stats.mb_per_s, 1),
+                "encoding": run.encoding,
+                "resumed_from_seq": run.resume_from,
             }
             | rowplan.schema_columns(stats.schema),
         )
@@ -617,7 +615,7 @@ class DropAttempt:
         if isinstance(exc, NoDataFiles):
             # Metadata.json may land before the data file has (a folder copy gives no order): wait for
             # it like for a Metadata.json that is not committed yet, and give up after the same window.
-            first = as_utc(record.props.get("FirstSeen"))
+            first = record.first_seen
             if first is not None and rt.clock() - first > timedelta(hours=settings.waiting_give_up_hours):
                 return _fail(rt, location, tenant, exc, record)
             rt.ledger.defer(record, exc.reason)
@@ -686,9 +684,9 @@ def _delete_now(rt: Runtime, record: DropRecord) -> None:
 
 def _deliver_after_completion(rt: Runtime, record: DropRecord) -> IngestOutcome:
     """Record as delivered a drop whose ``complete`` message an earlier attempt sent."""
-    rows = int(record.props.get("CheckpointRows", 0))
+    rows = record.checkpoint_rows
     messages = record.checkpoint_seq
-    record = rt.ledger.mark_delivered(record, {"Rows": rows, "Messages": messages, "MessagesPutThisAttempt": 0})
+    record = rt.ledger.mark_delivered(record, {"rows": rows, "messages": messages, "messages_put_this_attempt": 0})
     _delete_now(rt, record)
     log.info("drop %s of tenant %s: completion sent earlier; now recorded as delivered", record.drop_id, record.tenant)
     return IngestOutcome(Status.DELIVERED, record.drop_id, record.tenant, rows=rows, messages=messages)

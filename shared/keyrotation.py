@@ -48,7 +48,7 @@ def key_needs(drops: Iterable[DropRecord]) -> KeyNeeds:
         if drop.state not in NEEDS_KEY_STATES:
             continue
         tenant = drop.tenant.lower()
-        version = str(drop.props.get("PublicKeyVersion") or "")
+        version = drop.public_key_version or ""
         if version:
             by_version[(tenant, version)].append(drop.drop_id)
         else:

@@ -15,14 +15,17 @@ One row per drop: PartitionKey = tenant id (the one the drop's location names), 
 Every transition is a conditional write on the row's ETag, so two workers can never both own a
 drop: the loser of a race re-reads and sees the winner's lease. Modelled on a persistence layer
 with one interface and concrete backends; :class:`TableDropLedger` is the Azure Table backend.
+A row is a frozen, typed :class:`DropRecord` (``shared/droprecord.py``, whose codec alone knows the
+column names); a transition names record fields, makes a new record and writes it through
+``tables.with_etag_retries``.
 """
 
 from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,66 +34,52 @@ from azure.core.exceptions import (
 )
 
 from .clock import Clock
+from .droprecord import (
+    DELETED,
+    DELIVERED,
+    DROP_CODEC,
+    FAILED,
+    IN_PROGRESS,
+    STATES,
+    WAITING,
+    DropRecord,
+    UnknownDropState,
+    check_state,
+)
 from .errors import LeaseLost
 from .location import DropLocation
-from .tables import TableStore, as_utc, entity_etag, entity_props, with_etag_retries, without_nulls
+from .records import check_fields
+from .tables import TableStore, with_etag_retries
 
-WAITING = "waiting"
-IN_PROGRESS = "in_progress"
-DELIVERED = "delivered"
-FAILED = "failed"
-DELETED = "deleted"
-STATES = (WAITING, IN_PROGRESS, DELIVERED, FAILED, DELETED)
+__all__ = [
+    "DELETED",
+    "DELETING",
+    "DELIVERED",
+    "FAILED",
+    "IN_PROGRESS",
+    "STATES",
+    "WAITING",
+    "Claim",
+    "DropLedger",
+    "DropRecord",
+    "TableDropLedger",
+    "UnknownDropState",
+    "new_owner_id",
+]
+
 #: Not a state: the marker (``DeletingOwner``/``DeletingUntil`` columns) cleanup puts on a delivered
 #: or failed row while it deletes the drop's blobs. Every existing transition already treats
 #: delivered and failed rows as settled, so the marker never has to be understood by ingest.
 DELETING = "deleting"
 
+#: An update of a drop row: record fields (``DropRecord`` attribute names) and their new values.
+Changes = Mapping[str, Any]
 
-@dataclass
-class DropRecord:
-    """One ledger row. ``props`` holds every column; helpers read the common ones."""
 
-    tenant: str
-    drop_id: str
-    props: dict[str, Any] = field(default_factory=dict)
-    etag: str = ""
-
-    @property
-    def state(self) -> str:
-        """The drop's state."""
-        return str(self.props.get("State", ""))
-
-    @property
-    def lease_owner(self) -> str:
-        """Who holds the lease ('' when nobody)."""
-        return str(self.props.get("LeaseOwner", "") or "")
-
-    @property
-    def lease_until(self) -> datetime | None:
-        """When the lease expires."""
-        return as_utc(self.props.get("LeaseUntil"))
-
-    @property
-    def checkpoint_seq(self) -> int:
-        """Highest message sequence number durably delivered (-1: none)."""
-        return int(self.props.get("CheckpointSeq", -1))
-
-    @property
-    def location(self) -> DropLocation:
-        """Where the drop lives."""
-        return DropLocation(
-            account=str(self.props.get("Account", "")),
-            container=str(self.props.get("Container", "")),
-            drop_root=str(self.props.get("DropRoot", "")),
-            generation=str(self.props.get("Generation", "") or ""),
-            metadata_name=str(self.props.get("MetadataPath", "") or ""),
-        )
-
-    def lease_active(self, now: datetime) -> bool:
-        """True while another attempt's lease has not expired."""
-        until = self.lease_until
-        return self.state == IN_PROGRESS and until is not None and until > now
+def _apply(record: DropRecord, changes: Changes) -> DropRecord:
+    """A new record: ``record`` with ``changes`` (field names; a misspelt one is a TypeError)."""
+    check_fields(DROP_CODEC, changes)
+    return replace(record, **changes)
 
 
 @dataclass(frozen=True)
@@ -131,19 +120,20 @@ class DropLedger(ABC):
     # -- transitions -------------------------------------------------------------------------
 
     @staticmethod
-    def _base(location: DropLocation, tenant: str, now: datetime) -> dict[str, Any]:
-        return {
-            "Account": location.account,
-            "Container": location.container,
-            "DropRoot": location.drop_root,
-            "MetadataPath": location.metadata_path,
-            "Generation": location.generation,
-            "RunId": location.run_id,
-            "FirstSeen": now,
-            "Attempts": 0,
-            "CheckpointSeq": -1,
-            "CheckpointRows": 0,
-        }
+    def _new(location: DropLocation, tenant: str, now: datetime, changes: Changes) -> DropRecord:
+        """A new row for the drop at ``location``, first seen ``now``, with ``changes``."""
+        record = DropRecord(
+            tenant,
+            location.drop_id,
+            account=location.account,
+            container=location.container,
+            drop_root=location.drop_root,
+            metadata_path=location.metadata_path,
+            generation=location.generation,
+            run_id=location.run_id,
+            first_seen=now,
+        )
+        return _apply(record, changes)
 
     def claim(
         self,
@@ -152,7 +142,7 @@ class DropLedger(ABC):
         owner: str,
         lease_seconds: int,
         *,
-        details: dict[str, Any] | None = None,
+        details: Changes | None = None,
         now: datetime | None = None,
     ) -> Claim:
         """Take the drop's lease unless it is delivered, failed, or leased by a live attempt."""
@@ -162,26 +152,24 @@ class DropLedger(ABC):
             now = fixed_now or self.clock()
             record = self.get(tenant, location.drop_id)
             lease = {
-                "State": IN_PROGRESS,
-                "LeaseOwner": owner,
-                "LeaseUntil": now + timedelta(seconds=lease_seconds),
-                "StartedAt": now,
-                "Reason": "",
-                "ReasonCode": "",
+                "state": IN_PROGRESS,
+                "lease_owner": owner,
+                "lease_until": now + timedelta(seconds=lease_seconds),
+                "started_at": now,
+                "reason": "",
+                "reason_code": "",
             }
             if record is None:
-                props = self._base(location, tenant, now) | (details or {}) | lease | {"Attempts": 1}
-                return Claim(self._insert(DropRecord(tenant, location.drop_id, props)), True)
+                new = self._new(location, tenant, now, {**(details or {}), **lease, "attempts": 1})
+                return Claim(self._insert(new), True)
             if record.state in (DELIVERED, DELETED):
                 return Claim(record, False, f"already {record.state}")
             if record.state == FAILED:
-                return Claim(record, False, f"failed earlier ({record.props.get('Reason', '')}); use reprocess")
+                return Claim(record, False, f"failed earlier ({record.reason or ''}); use reprocess")
             if record.lease_active(now) and record.lease_owner != owner:
                 return Claim(record, False, f"in progress by {record.lease_owner} until {record.lease_until}")
-            record.props.update(details or {})
-            record.props.update(lease)
-            record.props["Attempts"] = int(record.props.get("Attempts", 0)) + 1
-            return Claim(self._replace(record), True)
+            changes = {**(details or {}), **lease, "attempts": record.attempts + 1}
+            return Claim(self._replace(_apply(record, changes)), True)
 
         return with_etag_retries(step, f"could not claim drop {location.drop_id}: too much contention")
 
@@ -189,7 +177,7 @@ class DropLedger(ABC):
         self,
         location: DropLocation,
         tenant: str,
-        changes: dict[str, Any],
+        changes: Changes,
         may_change: Callable[[DropRecord, datetime], bool],
         what: str,
     ) -> DropRecord:
@@ -203,11 +191,10 @@ class DropLedger(ABC):
             now = self.clock()
             current = self.get(tenant, location.drop_id)
             if current is None:
-                return self._insert(DropRecord(tenant, location.drop_id, self._base(location, tenant, now) | changes))
+                return self._insert(self._new(location, tenant, now, changes))
             if not may_change(current, now):
                 return current
-            current.props.update(changes | {"UpdatedAt": now})
-            return self._replace(current)
+            return self._replace(_apply(current, {**changes, "updated_at": now}))
 
         return with_etag_retries(step, f"could not record drop {location.drop_id} as {what}")
 
@@ -217,10 +204,10 @@ class DropLedger(ABC):
         def new_or_waiting(row: DropRecord, now: datetime) -> bool:
             return row.state == WAITING or (row.state == IN_PROGRESS and not row.lease_active(now))
 
-        changes = {"State": WAITING, "Reason": reason, "LeaseOwner": ""}
+        changes = {"state": WAITING, "reason": reason, "lease_owner": ""}
         return self._record_state(location, tenant, changes, new_or_waiting, "waiting")
 
-    def _owned_update(self, record: DropRecord, changes: dict[str, Any]) -> DropRecord:
+    def _owned_update(self, record: DropRecord, changes: Changes) -> DropRecord:
         """Apply ``changes`` to a drop we hold the lease of; LeaseLost if someone took it over."""
         owner = record.lease_owner
         current = record
@@ -234,10 +221,9 @@ class DropLedger(ABC):
                     raise LeaseLost(f"drop {record.drop_id} was taken over by another attempt")
                 current = fresh
             lost_race = True
-            # A copy: a write that fails (or is refused) must leave the caller's record as it was,
+            # A new record: a write that fails (or is refused) leaves the caller's record as it was,
             # so a later release() still acts on the lease as held.
-            props = current.props | changes | {"UpdatedAt": self.clock()}
-            return self._replace(DropRecord(record.tenant, record.drop_id, props, current.etag))
+            return self._replace(_apply(current, {**changes, "updated_at": self.clock()}))
 
         return with_etag_retries(step, f"could not update drop {record.drop_id}")
 
@@ -248,37 +234,37 @@ class DropLedger(ABC):
         checkpoint_rows: int,
         lease_seconds: int,
         *,
-        extra: dict[str, Any] | None = None,
+        extra: Changes | None = None,
     ) -> DropRecord:
         """Checkpoint progress (messages and the rows they hold) and extend the lease."""
         newer = checkpoint_seq > record.checkpoint_seq
         return self._owned_update(
             record,
-            (extra or {})
-            | {
-                "CheckpointSeq": max(checkpoint_seq, record.checkpoint_seq),
-                "CheckpointRows": checkpoint_rows if newer else int(record.props.get("CheckpointRows", 0)),
-                "LeaseUntil": self.clock() + timedelta(seconds=lease_seconds),
+            {
+                **(extra or {}),
+                "checkpoint_seq": max(checkpoint_seq, record.checkpoint_seq),
+                "checkpoint_rows": checkpoint_rows if newer else record.checkpoint_rows,
+                "lease_until": self.clock() + timedelta(seconds=lease_seconds),
             },
         )
 
-    def mark_delivered(self, record: DropRecord, stats: dict[str, Any]) -> DropRecord:
+    def mark_delivered(self, record: DropRecord, stats: Changes) -> DropRecord:
         """The drop's rows and completion message are all in the queue."""
         return self._owned_update(
             record,
-            stats | {"State": DELIVERED, "LeaseOwner": "", "LeaseUntil": None, "DeliveredAt": self.clock()},
+            {**stats, "state": DELIVERED, "lease_owner": "", "lease_until": None, "delivered_at": self.clock()},
         )
 
     def release(self, record: DropRecord, reason: str) -> DropRecord:
         """A transient failure: give the lease up now so the next attempt resumes at once."""
         released = self.clock() - timedelta(seconds=1)
-        return self._owned_update(record, {"LastError": reason[:4000], "LeaseUntil": released})
+        return self._owned_update(record, {"last_error": reason[:4000], "lease_until": released})
 
     def defer(self, record: DropRecord, reason: str) -> DropRecord:
         """Back to waiting (the drop is not complete in storage yet); the re-check timer looks again."""
         return self._owned_update(
             record,
-            {"State": WAITING, "Reason": reason[:4000], "LeaseOwner": "", "LeaseUntil": None, "Attempts": 0},
+            {"state": WAITING, "reason": reason[:4000], "lease_owner": "", "lease_until": None, "attempts": 0},
         )
 
     def mark_failed(
@@ -289,16 +275,17 @@ class DropLedger(ABC):
         reason: str,
         *,
         record: DropRecord | None = None,
-        details: dict[str, Any] | None = None,
+        details: Changes | None = None,
     ) -> DropRecord:
         """A permanent failure: record the reason; the drop is kept until an operator acts."""
-        changes = (details or {}) | {
-            "State": FAILED,
-            "ReasonCode": code,
-            "Reason": reason[:4000],
-            "LeaseOwner": "",
-            "LeaseUntil": None,
-            "FailedAt": self.clock(),
+        changes = {
+            **(details or {}),
+            "state": FAILED,
+            "reason_code": code,
+            "reason": reason[:4000],
+            "lease_owner": "",
+            "lease_until": None,
+            "failed_at": self.clock(),
         }
         if record is not None and record.state == IN_PROGRESS and record.lease_owner:
             return self._owned_update(record, changes)
@@ -315,15 +302,15 @@ class DropLedger(ABC):
         self,
         record: DropRecord,
         allowed: Callable[[DropRecord], bool],
-        changes: dict[str, Any] | Callable[[DropRecord], dict[str, Any]],
+        changes: Changes | Callable[[DropRecord], Changes],
     ) -> DropRecord | None:
         """Apply ``changes`` while ``allowed(row)`` holds, ETag-guarded; None once it does not.
 
         On a lost race the row is read again and ``allowed`` re-checked, so a caller never acts
         on a row another writer changed. ``changes`` may be computed from the current row. A value
-        of None removes the column. The caller's ``record`` is not modified.
+        of None removes the column. The caller's ``record`` is not modified (records are immutable).
         """
-        current: DropRecord | None = DropRecord(record.tenant, record.drop_id, dict(record.props), record.etag)
+        current: DropRecord | None = record
         lost_race = False
 
         def step() -> DropRecord | None:
@@ -334,8 +321,7 @@ class DropLedger(ABC):
             if current is None or not allowed(current):
                 return None
             delta = changes(current) if callable(changes) else changes
-            props = current.props | delta | {"UpdatedAt": self.clock()}
-            return self._replace(DropRecord(current.tenant, current.drop_id, props, current.etag))
+            return self._replace(_apply(current, {**delta, "updated_at": self.clock()}))
 
         return with_etag_retries(step, f"could not update drop {record.drop_id}: too much contention")
 
@@ -355,34 +341,34 @@ class DropLedger(ABC):
         now = now or self.clock()
 
         def free(row: DropRecord) -> bool:
-            holder = str(row.props.get("DeletingOwner") or "")
-            until = as_utc(row.props.get("DeletingUntil"))
+            holder, until = row.deleting_owner, row.deleting_until
             return row.state in states and (not holder or holder == owner or until is None or until <= now)
 
         return self.update_if(
             record,
             free,
-            {"DeletingOwner": owner, "DeletingUntil": now + timedelta(seconds=lease_seconds), "DeletingSince": now},
+            {"deleting_owner": owner, "deleting_until": now + timedelta(seconds=lease_seconds), "deleting_since": now},
         )
 
-    def mark_deleted(self, record: DropRecord, owner: str, details: dict[str, Any]) -> DropRecord | None:
+    def mark_deleted(self, record: DropRecord, owner: str, details: Changes) -> DropRecord | None:
         """The drop's blobs are gone: state deleted with ``details``; None if ``owner`` lost the marker."""
 
-        def changes(row: DropRecord) -> dict[str, Any]:
-            return details | {
-                "State": DELETED,
-                "DeletedAt": row.props.get("DeletedAt") or self.clock(),  # a later orphan removal keeps the first
-                "DeletingOwner": None,
-                "DeletingUntil": None,
-                "DeletingSince": None,
+        def changes(row: DropRecord) -> Changes:
+            return {
+                **details,
+                "state": DELETED,
+                "deleted_at": row.deleted_at or self.clock(),  # a later orphan removal keeps the first
+                "deleting_owner": None,
+                "deleting_until": None,
+                "deleting_since": None,
             }
 
-        return self.update_if(record, lambda row: row.props.get("DeletingOwner") == owner, changes)
+        return self.update_if(record, lambda row: row.deleting_owner == owner, changes)
 
     def release_deletion(self, record: DropRecord, owner: str, note: str) -> DropRecord | None:
         """Give the deletion marker up without deleting (state unchanged), keeping ``note``."""
-        changes = {"DeletingOwner": None, "DeletingUntil": None, "DeletingSince": None, "CleanupNote": note[:4000]}
-        return self.update_if(record, lambda row: row.props.get("DeletingOwner") == owner, changes)
+        changes = {"deleting_owner": None, "deleting_until": None, "deleting_since": None, "cleanup_note": note[:4000]}
+        return self.update_if(record, lambda row: row.deleting_owner == owner, changes)
 
     def reopen_failed(self, record: DropRecord, note: str) -> DropRecord | None:
         """failed -> waiting for an operator's reprocess; None unless failed and not being deleted.
@@ -392,18 +378,18 @@ class DropLedger(ABC):
         """
 
         def reopenable(row: DropRecord) -> bool:
-            return row.state == FAILED and not row.props.get("DeletingOwner")
+            return row.state == FAILED and not row.deleting_owner
 
-        def changes(row: DropRecord) -> dict[str, Any]:
+        def changes(row: DropRecord) -> Changes:
             return {
-                "State": WAITING,
-                "PreviousReason": row.props.get("Reason", ""),
-                "PreviousReasonCode": row.props.get("ReasonCode", ""),
-                "PreviousAttempts": int(row.props.get("Attempts", 0)),
-                "Attempts": 0,
-                "Reason": note[:4000],
-                "ReasonCode": "",
-                "ReprocessedAt": self.clock(),
+                "state": WAITING,
+                "previous_reason": row.reason or "",
+                "previous_reason_code": row.reason_code or "",
+                "previous_attempts": row.attempts,
+                "attempts": 0,
+                "reason": note[:4000],
+                "reason_code": "",
+                "reprocessed_at": self.clock(),
             }
 
         return self.update_if(record, reopenable, changes)
@@ -414,7 +400,7 @@ class DropLedger(ABC):
         tenant: str,
         owner: str,
         lease_seconds: int,
-        details: dict[str, Any],
+        details: Changes,
     ) -> DropRecord | None:
         """Insert a row for a drop the ledger never knew, as deleted and marked by ``owner``.
 
@@ -423,18 +409,15 @@ class DropLedger(ABC):
         finds the drop deleted.
         """
         now = self.clock()
-        props = (
-            self._base(location, tenant, now)
-            | details
-            | {
-                "State": DELETED,
-                "DeletingOwner": owner,
-                "DeletingUntil": now + timedelta(seconds=lease_seconds),
-                "DeletingSince": now,
-            }
-        )
+        changes = {
+            **details,
+            "state": DELETED,
+            "deleting_owner": owner,
+            "deleting_until": now + timedelta(seconds=lease_seconds),
+            "deleting_since": now,
+        }
         try:
-            return self._insert(DropRecord(tenant, location.drop_id, props))
+            return self._insert(self._new(location, tenant, now, changes))
         except ResourceExistsError:
             return None
 
@@ -446,11 +429,11 @@ class TableDropLedger(TableStore, DropLedger):
 
     @staticmethod
     def _record(entity: Any) -> DropRecord:
-        return DropRecord(entity["PartitionKey"], entity["RowKey"], entity_props(entity), entity_etag(entity))
+        return DROP_CODEC.decode(entity)
 
     @staticmethod
     def _entity(record: DropRecord) -> dict[str, Any]:
-        return {"PartitionKey": record.tenant, "RowKey": record.drop_id, **without_nulls(record.props)}
+        return DROP_CODEC.encode(check_state(record))
 
     def get(self, tenant: str, drop_id: str) -> DropRecord | None:
         """Read one row."""
@@ -464,33 +447,32 @@ class TableDropLedger(TableStore, DropLedger):
 
     def list(self, tenant: str | None = None, state: str | None = None) -> Iterator[DropRecord]:
         """Query rows by tenant and/or state."""
-        equal = {k: v for k, v in (("PartitionKey", tenant), ("State", state)) if v}
+        equal = {k: v for k, v in (("PartitionKey", tenant), (DROP_CODEC.column("state"), state)) if v}
         for entity in self.select_entities(equal):
             yield self._record(entity)
 
     def of_run(self, run_id: str) -> tuple[DropRecord, ...]:
         """The drops a pipeline run produced (their ``RunId`` column, set from the drop's folder)."""
-        return tuple(self._record(entity) for entity in self.select_entities({"RunId": run_id}))
+        return tuple(self._record(entity) for entity in self.select_entities({DROP_CODEC.column("run_id"): run_id}))
 
-    def seen_since_or_open(self, moment: datetime, columns: Sequence[str] = ()) -> tuple[DropRecord, ...]:
+    def seen_since_or_open(self, moment: datetime, fields: Sequence[str] = ()) -> tuple[DropRecord, ...]:
         """Drops first seen at or after ``moment`` plus every waiting, in-progress or failed drop (one query).
 
-        ``columns`` limits the columns read (all when empty); the keys are always read.
+        ``fields`` (record field names) limits the columns read (all when empty); the keys are always read.
         """
         self.ensure()
-        flt = "FirstSeen ge @since or State eq @w or State eq @p or State eq @f"
+        first_seen, state = DROP_CODEC.column("first_seen"), DROP_CODEC.column("state")
+        flt = f"{first_seen} ge @since or {state} eq @w or {state} eq @p or {state} eq @f"
         params = {"since": moment, "w": WAITING, "p": IN_PROGRESS, "f": FAILED}
-        select = ["PartitionKey", "RowKey", *columns] if columns else None
+        select = ["PartitionKey", "RowKey", *map(DROP_CODEC.column, fields)] if fields else None
         entities = self.call("query", lambda: list(self.table.query_entities(flt, parameters=params, select=select)))
         return tuple(self._record(e) for e in entities)
 
     def _insert(self, record: DropRecord) -> DropRecord:
-        record.etag = self.insert_entity(self._entity(record))
-        return record
+        return replace(record, etag=self.insert_entity(self._entity(record)))
 
     def _replace(self, record: DropRecord) -> DropRecord:
-        record.etag = self.replace_entity(self._entity(record), record.etag)
-        return record
+        return replace(record, etag=self.replace_entity(self._entity(record), record.etag))
 
 
 def new_owner_id() -> str:

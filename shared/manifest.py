@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from .sources import DataFile
 
-#: The ledger column holding the list.
-COLUMN = "ReadBlobs"
+#: The drop record's field holding the list (column ReadBlobs; see shared/droprecord.py).
+COLUMN = "read_blobs"
 #: A Table string property holds at most 32 Ki UTF-16 characters; a longer list is not recorded
 #: (about 150 data files with long names), and cleanup then refuses to delete that drop.
 MAX_MANIFEST_CHARS = 30_000

@@ -50,7 +50,7 @@ def reprocess_drop(rt: Runtime, drop_id: str) -> IngestOutcome:
     if record.state == FAILED and rt.ledger.reopen_failed(record, "reprocess requested by an operator") is None:
         fresh = rt.ledger.find(drop_id)
         state = fresh.state if fresh else "gone"
-        busy = " and cleanup is deleting it" if fresh is not None and fresh.props.get("DeletingOwner") else ""
+        busy = " and cleanup is deleting it" if fresh is not None and fresh.deleting_owner else ""
         return IngestOutcome(REFUSED, drop_id, record.tenant, reason=f"the drop is {state}{busy}; left alone")
     rowplan.adopt_current_policy(rt, rt.ledger.find(drop_id) or record)
     return ingest_metadata_blob(rt, location.container, location.metadata_path)

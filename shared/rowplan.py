@@ -16,8 +16,8 @@ from .metadata import DropMetadata
 from .runtime import Runtime
 from .transforms import RowSettings, RowStage, RowTransformer, row_columns_for
 
-#: The ledger column holding the recorded :class:`RowSettings` of a drop.
-RECORDED = "RowSettings"
+#: The drop record's field holding the recorded :class:`RowSettings` of a drop (column RowSettings).
+RECORDED = "row_settings"
 
 
 @dataclass
@@ -49,20 +49,20 @@ def settings_now(rt: Runtime, table: str) -> RowSettings:
     )
 
 
-def recorded_or(props: dict[str, Any], current: RowSettings) -> RowSettings:
+def recorded_or(record: DropRecord, current: RowSettings) -> RowSettings:
     """The settings recorded on the drop, else ``current`` (its first attempt)."""
-    text = props.get(RECORDED)
-    return RowSettings.from_json(str(text)) if text else current
+    text = record.row_settings
+    return RowSettings.from_json(text) if text else current
 
 
 def adopt_current_policy(rt: Runtime, record: DropRecord) -> DropRecord | None:
     """Before an operator's reprocess: the drop keeps its recorded row settings but takes today's
     ``SCHEMA_POLICY`` (the policy changes no row, so the re-sent messages stay identical), so that a
     drop failed under ``fail`` can be accepted with ``report``."""
-    text = record.props.get(RECORDED)
+    text = record.row_settings
     if not text:
         return record
-    wanted = replace(RowSettings.from_json(str(text)), policy=rt.settings.schema_policy).to_json()
+    wanted = replace(RowSettings.from_json(text), policy=rt.settings.schema_policy).to_json()
     return rt.ledger.update_if(record, lambda row: row.state == WAITING, {RECORDED: wanted})
 
 
@@ -81,7 +81,7 @@ def plan_for(rt: Runtime | None, md: DropMetadata, settings: RowSettings) -> Row
 
 
 def schema_columns(report: dict[str, Any] | None) -> dict[str, Any]:
-    """The ledger columns of a schema report (none when the check was off)."""
+    """The drop record's fields for a schema report (none when the check was off)."""
     if report is None:
         return {}
-    return {"SchemaDrift": bool(report.get("drift")), "SchemaReport": report_json(report)}
+    return {"schema_drift": bool(report.get("drift")), "schema_report": report_json(report)}

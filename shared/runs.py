@@ -16,12 +16,13 @@ row. A createRun that was refused is recorded too (status ``StartFailed``, RowKe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -36,12 +37,14 @@ from azure.core.exceptions import (
 )
 
 from . import preflight
-from .clock import to_utc
+from .clock import Clock, to_utc, utc_now
 from .config import Settings
 from .errors import TransientError, VivaRelayError
+from .records import check_fields
 from .retry import with_retries
+from .runrecord import ACTIVE_STATUSES, FINAL_STATUSES, LOST, RUN_CODEC, RUN_STATUSES, START_FAILED, RunRecord
 from .status import Status
-from .tables import TableStore, as_utc, entity_etag, entity_props, utcnow, without_nulls
+from .tables import TableStore, as_utc
 from .tenants import FactoryRef, Tenant, TenantRegistry, normalise_tenant_id
 
 if TYPE_CHECKING:
@@ -50,17 +53,36 @@ if TYPE_CHECKING:
 
     from .runtime import Runtime
 
+__all__ = [
+    "ACTIVE_STATUSES",
+    "ATTEMPTS",
+    "BASE_DELAY_S",
+    "DEFAULT_AGGREGATION",
+    "DEFAULT_LOOKBACK_DAYS",
+    "FINAL_STATUSES",
+    "LOST",
+    "RUN_STATUSES",
+    "START_FAILED",
+    "FollowOutcome",
+    "PipelineStartError",
+    "RunLedger",
+    "RunOutcome",
+    "RunRecord",
+    "Sleep",
+    "create_run",
+    "drops_of_run",
+    "follow_runs",
+    "get_run",
+    "pipeline_parameters",
+    "run_ledger",
+    "start_runs",
+    "summarise",
+    "tenant_registry",
+]
+
 log = logging.getLogger("viva_relay")
 
 T = TypeVar("T")
-
-#: Data Factory's statuses of a run that has not ended yet.
-ACTIVE_STATUSES: Final = ("Queued", "InProgress", "Canceling")
-#: Data Factory's final statuses.
-FINAL_STATUSES: Final = ("Succeeded", "Failed", "Cancelled")
-#: Our own final statuses: createRun was refused; Data Factory no longer knows the run.
-START_FAILED: Final = "StartFailed"
-LOST: Final = "Lost"
 
 #: Microsoft's sample pipeline: an empty RequestStartDate means trigger time minus this many days.
 DEFAULT_LOOKBACK_DAYS: Final = 14
@@ -81,111 +103,35 @@ class PipelineStartError(VivaRelayError):
 # --------------------------------------------------------------------------------------------------
 # The run ledger
 # --------------------------------------------------------------------------------------------------
-def _aware(now: datetime | None) -> datetime:
-    return utcnow() if now is None else to_utc(now)
-
-
-def _iso(value: Any) -> str | None:
-    moment = as_utc(value)
-    return moment.isoformat() if moment else None
-
-
-@dataclass
-class RunRecord:
-    """One row of the run ledger. ``props`` holds every column; properties read the common ones."""
-
-    tenant_id: str
-    run_id: str
-    props: dict[str, Any] = field(default_factory=dict)
-    etag: str = ""
-
-    @property
-    def status(self) -> str:
-        """Data Factory's status of the run (or StartFailed / Lost)."""
-        return str(self.props.get("Status", ""))
-
-    @property
-    def message(self) -> str:
-        """Data Factory's message (the error of a failed run), or why the start failed."""
-        return str(self.props.get("Message", "") or "")
-
-    @property
-    def started_at(self) -> datetime | None:
-        """When Viva Relay asked Data Factory to start the run."""
-        return as_utc(self.props.get("StartedAt"))
-
-    @property
-    def run_end(self) -> datetime | None:
-        """When the run ended, as Data Factory reports it."""
-        return as_utc(self.props.get("RunEnd"))
-
-    @property
-    def active(self) -> bool:
-        """True while the run has not ended."""
-        return self.status in ACTIVE_STATUSES
-
-    @property
-    def factory(self) -> FactoryRef:
-        """The factory and pipeline that run it."""
-        return FactoryRef(
-            subscription_id=str(self.props.get("SubscriptionId", "")),
-            resource_group=str(self.props.get("ResourceGroup", "")),
-            factory_name=str(self.props.get("FactoryName", "")),
-            pipeline=str(self.props.get("Pipeline", "")),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly view (for the CLI)."""
-        p = self.props
-        try:
-            parameters = json.loads(str(p.get("Parameters") or "{}"))
-        except ValueError:
-            parameters = p.get("Parameters")
-        return {
-            "tenant_id": self.tenant_id,
-            "run_id": self.run_id,
-            "display_name": p.get("DisplayName", ""),
-            "status": self.status,
-            "message": self.message,
-            "trigger": p.get("Trigger", ""),
-            "started_at": _iso(p.get("StartedAt")),
-            "run_start": _iso(p.get("RunStart")),
-            "run_end": _iso(p.get("RunEnd")),
-            "last_checked_at": _iso(p.get("LastCheckedAt")),
-            "subscription_id": p.get("SubscriptionId", ""),
-            "resource_group": p.get("ResourceGroup", ""),
-            "factory_name": p.get("FactoryName", ""),
-            "pipeline": p.get("Pipeline", ""),
-            "parameters": parameters,
-            "drop_id": p.get("DropId", "") or "",
-            "drop_state": p.get("DropState", "") or "",
-            "no_drop_alert": bool(p.get("NoDropAlert", False)),
-            "watch": bool(p.get("Watch", False)),
-        }
-
-
 class RunLedger(TableStore):
-    """The run ledger in Azure Table storage (Azurite locally)."""
+    """The run ledger in Azure Table storage (Azurite locally); rows are :class:`RunRecord`."""
 
     label = "run ledger"
 
     @staticmethod
     def _record(entity: Any) -> RunRecord:
-        return RunRecord(str(entity["PartitionKey"]), str(entity["RowKey"]), entity_props(entity), entity_etag(entity))
-
-    @staticmethod
-    def _entity(record: RunRecord) -> dict[str, Any]:
-        return {"PartitionKey": record.tenant_id, "RowKey": record.run_id, **without_nulls(record.props)}
+        return RUN_CODEC.decode(entity)
 
     def insert(self, record: RunRecord) -> RunRecord:
-        """Add a new row."""
-        record.etag = self.insert_entity(self._entity(record))
-        return record
+        """Add a new row; the record as stored (with its ETag)."""
+        return dataclasses.replace(record, etag=self.insert_entity(RUN_CODEC.encode(record)))
 
     def replace(self, record: RunRecord) -> RunRecord:
         """Write the row back if nobody changed it since it was read (ResourceModifiedError otherwise)."""
-        record.etag = self.replace_entity(self._entity(record), record.etag)
-        return record
+        return dataclasses.replace(record, etag=self.replace_entity(RUN_CODEC.encode(record), record.etag))
+
+    def update(self, record: RunRecord, **changes: Any) -> RunRecord:
+        """Write ``record`` with ``changes`` if the row is unchanged since it was read; the new record.
+
+        If another writer changed the row meanwhile (someone else polled the run at the same time),
+        theirs stands: the row as they wrote it is returned instead.
+        """
+        check_fields(RUN_CODEC, changes)
+        try:
+            return self.replace(dataclasses.replace(record, **changes))
+        except ResourceModifiedError:
+            fresh = self.get(record.tenant_id, record.run_id)
+            return fresh if fresh is not None else record
 
     def get(self, tenant_id: str, run_id: str) -> RunRecord | None:
         """One row, or None."""
@@ -198,10 +144,7 @@ class RunLedger(TableStore):
         return self._record(rows[0]) if rows else None
 
     def _query(self, equal: dict[str, Any]) -> list[RunRecord]:
-        records = [self._record(e) for e in self.select_entities(equal)]
-        epoch = datetime.min.replace(tzinfo=UTC)
-        records.sort(key=lambda r: (r.started_at or epoch, r.run_id), reverse=True)
-        return records
+        return _newest_first(self._record(e) for e in self.select_entities(equal))
 
     def list_runs(self, tenant_id: str | None = None, status: str | None = None) -> list[RunRecord]:
         """Runs, newest first, optionally of one tenant and/or status."""
@@ -209,42 +152,44 @@ class RunLedger(TableStore):
         if tenant_id:
             equal["PartitionKey"] = normalise_tenant_id(tenant_id)
         if status:
-            equal["Status"] = status
+            equal[RUN_CODEC.column("status")] = status
         return self._query(equal)
 
     def active(self, tenant_id: str) -> list[RunRecord]:
         """The tenant's runs that have not ended (by the ledger's last knowledge)."""
         return [r for r in self.list_runs(tenant_id) if r.active]
 
-    def started_since(self, moment: datetime, columns: Sequence[str] = ()) -> list[RunRecord]:
+    def started_since(self, moment: datetime, fields: Sequence[str] = ()) -> list[RunRecord]:
         """Every tenant's runs started at or after ``moment``, newest first: one query for the whole fleet.
 
-        ``columns`` limits the columns read (all when empty); the keys are always read.
+        ``fields`` (record field names) limits the columns read (all when empty); the keys are always read.
         """
         self.ensure()
-        select = ["PartitionKey", "RowKey", *columns] if columns else None
-        query = "StartedAt ge @since"
+        select = ["PartitionKey", "RowKey", *map(RUN_CODEC.column, fields)] if fields else None
+        query = f"{RUN_CODEC.column('started_at')} ge @since"
         entities = self.call(
             "query", lambda: list(self.table.query_entities(query, parameters={"since": moment}, select=select))
         )
-        records = [self._record(e) for e in entities]
-        epoch = datetime.min.replace(tzinfo=UTC)
-        records.sort(key=lambda r: (r.started_at or epoch, r.run_id), reverse=True)
-        return records
+        return _newest_first(self._record(e) for e in entities)
 
     def watched(self) -> list[RunRecord]:
         """Rows the follow timer still has work on (runs not ended, or succeeded with no drop yet)."""
-        return self._query({"Watch": True})
+        return self._query({RUN_CODEC.column("watch"): True})
+
+
+def _newest_first(records: Iterable[RunRecord]) -> list[RunRecord]:
+    epoch = datetime.min.replace(tzinfo=UTC)
+    return sorted(records, key=lambda r: (r.started_at or epoch, r.run_id), reverse=True)
 
 
 def tenant_registry(rt: Runtime) -> TenantRegistry:
     """The tenant registry in the relay storage (``TENANT_TABLE``)."""
-    return TenantRegistry(rt.table(rt.settings.tenant_table))
+    return TenantRegistry(rt.table(rt.settings.tenant_table), clock=lambda: rt.clock())  # noqa: PLW0108
 
 
 def run_ledger(rt: Runtime) -> RunLedger:
     """The run ledger in the relay storage (``RUN_TABLE``)."""
-    return RunLedger(rt.table(rt.settings.run_table))
+    return RunLedger(rt.table(rt.settings.run_table), clock=lambda: rt.clock())  # noqa: PLW0108
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,14 +284,18 @@ def pipeline_parameters(
 
 
 def _find_started_run(
-    client: DataFactoryManagementClient, ref: FactoryRef, parameters: Mapping[str, Any], since: datetime
+    client: DataFactoryManagementClient,
+    ref: FactoryRef,
+    parameters: Mapping[str, Any],
+    since: datetime,
+    now: datetime,
 ) -> str | None:
     """A run of this pipeline, for these parameters, that an earlier attempt created after ``since``."""
     from azure.mgmt.datafactory.models import RunFilterParameters, RunQueryFilter
 
     query = RunFilterParameters(
         last_updated_after=since - _ADOPT_SLACK,
-        last_updated_before=utcnow() + timedelta(days=1),
+        last_updated_before=now + timedelta(days=1),
         filters=[RunQueryFilter(operand="PipelineName", operator="Equals", values_property=[ref.pipeline])],
     )
     result = client.pipeline_runs.query_by_factory(ref.resource_group, ref.factory_name, query)
@@ -362,7 +311,12 @@ def _find_started_run(
 
 
 def create_run(
-    client: DataFactoryManagementClient, ref: FactoryRef, parameters: Mapping[str, Any], *, sleep: Sleep = time.sleep
+    client: DataFactoryManagementClient,
+    ref: FactoryRef,
+    parameters: Mapping[str, Any],
+    *,
+    sleep: Sleep = time.sleep,
+    clock: Clock = utc_now,
 ) -> tuple[str, bool]:
     """Start one pipeline run; return ``(run id, adopted)``.
 
@@ -373,14 +327,14 @@ def create_run(
     """
     tenant_id = str(parameters.get("TenantId", ""))
     what = f"createRun of {ref.pipeline} for tenant {tenant_id}"
-    first_attempt = utcnow()
+    first_attempt = clock()
     maybe_created = False
 
     def attempt() -> tuple[str, bool]:
         nonlocal maybe_created
         try:
             if maybe_created:
-                found = _find_started_run(client, ref, parameters, first_attempt)
+                found = _find_started_run(client, ref, parameters, first_attempt, clock())
                 if found:
                     return found, True
             response = client.pipelines.create_run(
@@ -446,25 +400,28 @@ def _record_start_failure(
     except VivaRelayError:
         ref = None  # the failure may be that the tenant has no factory at all
     key = f"start-failed-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    props: dict[str, Any] = {
-        "Status": START_FAILED,
-        "Message": message[:4000],
-        "DisplayName": tenant.display_name,
-        "Trigger": trigger,
-        "StartedAt": now,
-        "Watch": False,
-        "NoDropAlert": False,
-        "DropId": "",
-        "DropState": "",
-    }
+    record = RunRecord(
+        tenant.tenant_id,
+        key,
+        status=START_FAILED,
+        message=message[:4000],
+        display_name=tenant.display_name,
+        trigger=trigger,
+        started_at=now,
+        watch=False,
+        no_drop_alert=False,
+        drop_id="",
+        drop_state="",
+    )
     if ref is not None:
-        props |= {
-            "SubscriptionId": ref.subscription_id,
-            "ResourceGroup": ref.resource_group,
-            "FactoryName": ref.factory_name,
-            "Pipeline": ref.pipeline,
-        }
-    ledger.insert(RunRecord(tenant.tenant_id, key, props))
+        record = dataclasses.replace(
+            record,
+            subscription_id=ref.subscription_id,
+            resource_group=ref.resource_group,
+            factory_name=ref.factory_name,
+            pipeline=ref.pipeline,
+        )
+    ledger.insert(record)
     return key
 
 
@@ -482,9 +439,9 @@ def _start_one(
     name = tenant.display_name
     # A run that is still going (as far as Data Factory says now) is never started twice.
     for record in ledger.active(tenant.tenant_id):
-        _follow_one(rt, ledger, record, now, sleep=sleep)
-        if record.active:
-            message = f"run {record.run_id} is still {record.status}"
+        polled = _follow_one(rt, ledger, record, now, sleep=sleep)
+        if polled.status in ACTIVE_STATUSES:
+            message = f"run {record.run_id} is still {polled.status}"
             log.info("tenant %s (%s): not started: %s", tenant.tenant_id, name, message)
             return RunOutcome(tenant.tenant_id, Status.SKIPPED, record.run_id, message, name)
 
@@ -500,25 +457,27 @@ def _start_one(
     ref = tenant.factory(rt.settings)
     parameters = pipeline_parameters(tenant, now, start_date=start_date, end_date=end_date)
     client = rt.datafactory(ref.subscription_id)
-    run_id, adopted = create_run(client, ref, parameters, sleep=sleep)
-    props: dict[str, Any] = {
-        "Status": "Queued",
-        "Message": "",
-        "DisplayName": name,
-        "Trigger": trigger,
-        "StartedAt": now,
-        "SubscriptionId": ref.subscription_id,
-        "ResourceGroup": ref.resource_group,
-        "FactoryName": ref.factory_name,
-        "Pipeline": ref.pipeline,
-        "Parameters": json.dumps(parameters, sort_keys=True),
-        "Watch": True,
-        "NoDropAlert": False,
-        "DropId": "",
-        "DropState": "",
-    }
+    run_id, adopted = create_run(client, ref, parameters, sleep=sleep, clock=ledger.clock)
+    record = RunRecord(
+        tenant.tenant_id,
+        run_id,
+        status="Queued",
+        message="",
+        display_name=name,
+        trigger=trigger,
+        started_at=now,
+        subscription_id=ref.subscription_id,
+        resource_group=ref.resource_group,
+        factory_name=ref.factory_name,
+        pipeline=ref.pipeline,
+        parameters=json.dumps(parameters, sort_keys=True),
+        watch=True,
+        no_drop_alert=False,
+        drop_id="",
+        drop_state="",
+    )
     with contextlib.suppress(ResourceExistsError):  # an adopted run that another caller recorded already
-        _retrying(lambda: ledger.insert(RunRecord(tenant.tenant_id, run_id, props)), f"recording run {run_id}", sleep)
+        _retrying(lambda: ledger.insert(record), f"recording run {run_id}", sleep)
     message = "adopted the run an earlier attempt created (its answer was lost)" if adopted else ""
     log.info("tenant %s (%s): started pipeline run %s in %s %s", tenant.tenant_id, name, run_id, ref, message)
     return RunOutcome(tenant.tenant_id, Status.STARTED, run_id, message, name)
@@ -540,7 +499,7 @@ def start_runs(
     failure is logged, recorded in the run ledger and never stops the others. TenantNotFound when
     ``tenant`` is not registered; TransientError when the registry itself cannot be read.
     """
-    now = _aware(now)
+    now = rt.clock() if now is None else to_utc(now)
     registry = tenant_registry(rt)
     ledger = run_ledger(rt)
     tenants = [registry.require(tenant)] if tenant else list(registry.list())
@@ -597,75 +556,69 @@ class FollowOutcome:
         }
 
 
-def _drops_of_run(rt: Runtime, run_id: str) -> list[dict[str, Any]]:
-    """Rows of the drop ledger whose RunId is ``run_id``, asked of the ledger (its table is its own)."""
-    return [{"PartitionKey": r.tenant, "RowKey": r.drop_id, **r.props} for r in rt.ledger.of_run(run_id)]
-
-
 def drops_of_run(rt: Runtime, run_id: str) -> list[dict[str, Any]]:
     """The drops a pipeline run produced: drop id, state, container, drop root and reason."""
     return [
         {
-            "drop_id": e.get("RowKey", ""),
-            "tenant_id": e.get("PartitionKey", ""),
-            "state": e.get("State", ""),
-            "container": e.get("Container", ""),
-            "drop_root": e.get("DropRoot", ""),
-            "reason": e.get("Reason", "") or "",
+            "drop_id": d.drop_id,
+            "tenant_id": d.tenant,
+            "state": d.state,
+            "container": d.container,
+            "drop_root": d.drop_root,
+            "reason": d.reason or "",
         }
-        for e in _drops_of_run(rt, run_id)
+        for d in rt.ledger.of_run(run_id)
     ]
 
 
-def _check_drop(rt: Runtime, record: RunRecord, now: datetime) -> tuple[Status, str]:
-    """For a succeeded run: (event, message) about its drop; updates ``record.props``."""
-    drops = _drops_of_run(rt, record.run_id)
+def _check_drop(rt: Runtime, record: RunRecord, now: datetime) -> tuple[Status, str, RunRecord]:
+    """For a succeeded run: (event, message, the record updated) about its drop."""
+    # Asked of the drop ledger (its table is its own), through its RunId column.
+    drops = sorted(rt.ledger.of_run(record.run_id), key=lambda d: d.drop_id)
     if drops:
-        first = sorted(drops, key=lambda e: str(e.get("RowKey", "")))[0]
-        record.props.update({"DropId": str(first.get("RowKey", "")), "DropState": str(first.get("State", ""))})
-        record.props["Watch"] = False
-        return Status.DROP_FOUND, f"drop {record.props['DropId']} is {record.props['DropState']}"
-    since = record.run_end or as_utc(record.props.get("LastCheckedAt")) or now
+        first = drops[0]
+        found = dataclasses.replace(record, drop_id=first.drop_id, drop_state=first.state, watch=False)
+        return Status.DROP_FOUND, f"drop {found.drop_id} is {found.drop_state}", found
+    since = record.run_end or record.last_checked_at or now
     hours = rt.settings.run_no_drop_alert_hours
     if now - since >= timedelta(hours=hours):
-        record.props.update({"NoDropAlert": True, "NoDropAlertAt": now, "Watch": False})
+        alerted = dataclasses.replace(record, no_drop_alert=True, no_drop_alert_at=now, watch=False)
         message = (
-            f"pipeline run {record.run_id} for tenant {record.tenant_id} ({record.props.get('DisplayName', '')})"
+            f"pipeline run {record.run_id} for tenant {record.tenant_id} ({record.display_name})"
             f" succeeded at {since.isoformat()} but no Metadata.json with that run id arrived within {hours} h:"
             f" check the landing container and the Event Grid subscription"
         )
         log.error("%s", message)
-        return Status.NO_DROP_ALERT, message
-    return Status.WAITING_FOR_DROP, f"no drop yet ({(now - since).total_seconds() / 3600:.1f} h of {hours} h)"
+        return Status.NO_DROP_ALERT, message, alerted
+    return Status.WAITING_FOR_DROP, f"no drop yet ({(now - since).total_seconds() / 3600:.1f} h of {hours} h)", record
 
 
 def _follow_one(rt: Runtime, ledger: RunLedger, record: RunRecord, now: datetime, *, sleep: Sleep) -> FollowOutcome:
-    """Poll one run, update ``record`` in place and in the ledger; log failures clearly."""
+    """Poll one run and record what changed in the ledger; log failures clearly."""
     before = record.status
-    name = record.props.get("DisplayName", "")
+    name = record.display_name
     event, message = Status.UNCHANGED, record.message
     if record.active:
         ref = record.factory
         run = get_run(rt.datafactory(ref.subscription_id), ref, record.run_id, sleep=sleep)
-        record.props["LastCheckedAt"] = now
+        record = dataclasses.replace(record, last_checked_at=now)
         if run is None:
             message = f"Data Factory {ref.factory_name} does not know pipeline run {record.run_id} (any more)"
-            record.props.update({"Status": LOST, "Message": message, "Watch": False})
+            record = dataclasses.replace(record, status=LOST, message=message, watch=False)
             log.error("tenant %s (%s): %s", record.tenant_id, name, message)
             event = Status.LOST
         else:
             status = str(run.status or "")
-            record.props.update(
-                {
-                    "Status": status,
-                    "Message": str(run.message or "")[:4000],
-                    "RunStart": as_utc(run.run_start),
-                    "RunEnd": as_utc(run.run_end),
-                }
+            record = dataclasses.replace(
+                record,
+                status=status,
+                message=str(run.message or "")[:4000],
+                run_start=as_utc(run.run_start),
+                run_end=as_utc(run.run_end),
             )
             message = record.message
             if status == "Failed":
-                record.props["Watch"] = False
+                record = dataclasses.replace(record, watch=False)
                 log.error(
                     "pipeline run %s for tenant %s (%s) FAILED: %s",
                     record.run_id,
@@ -675,7 +628,7 @@ def _follow_one(rt: Runtime, ledger: RunLedger, record: RunRecord, now: datetime
                 )
                 event = Status.FAILED
             elif status == "Cancelled":
-                record.props["Watch"] = False
+                record = dataclasses.replace(record, watch=False)
                 log.warning(
                     "pipeline run %s for tenant %s (%s) was cancelled %s",
                     record.run_id,
@@ -689,18 +642,13 @@ def _follow_one(rt: Runtime, ledger: RunLedger, record: RunRecord, now: datetime
                 event = Status.SUCCEEDED
             elif status != before:
                 event = Status.PROGRESS
-    if record.status == "Succeeded" and record.props.get("Watch"):
-        drop_event, drop_message = _check_drop(rt, record, now)
+    if record.status == "Succeeded" and record.watch:
+        drop_event, drop_message, record = _check_drop(rt, record, now)
         if drop_event == Status.NO_DROP_ALERT or event == Status.UNCHANGED:
             event = drop_event
         message = drop_message
-    try:
-        ledger.replace(record)
-    except ResourceModifiedError:
-        fresh = ledger.get(record.tenant_id, record.run_id)
-        if fresh is not None:  # someone else polled it at the same time: theirs stands
-            record.props, record.etag = fresh.props, fresh.etag
-    return FollowOutcome(record.tenant_id, record.run_id, record.status, event, message)
+    stored = ledger.update(record)  # someone else polled it at the same time: theirs stands
+    return FollowOutcome(stored.tenant_id, stored.run_id, stored.status, event, message)
 
 
 def follow_runs(rt: Runtime, now: datetime | None = None, *, sleep: Sleep = time.sleep) -> list[FollowOutcome]:
@@ -709,7 +657,7 @@ def follow_runs(rt: Runtime, now: datetime | None = None, *, sleep: Sleep = time
     One run that cannot be checked (Data Factory or storage unavailable) is reported as ``error``
     and tried again on the next poll; it never stops the others.
     """
-    now = _aware(now)
+    now = rt.clock() if now is None else to_utc(now)
     ledger = run_ledger(rt)
     outcomes: list[FollowOutcome] = []
     for record in ledger.watched():

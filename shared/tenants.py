@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Final
@@ -18,13 +18,12 @@ from typing import Any, Final
 from azure.core.exceptions import (
     ResourceExistsError,
 )
-from azure.data.tables import UpdateMode
 
 from .config import Settings
 from .errors import ConfigError, VivaRelayError
 from .ids import is_guid
 from .preflight import check_subscription_id
-from .tables import TableStore, as_utc, utcnow
+from .tables import TableStore, as_utc, entity_props, with_etag_retries
 
 PARTITION: Final = "tenant"
 #: How long an admin's approval of the MGDC app lasts (SPEC.md: 180 days).
@@ -86,6 +85,10 @@ class Tenant:
     disabled_reason: str = ""
     added_at: datetime | None = None
     updated_at: datetime | None = None
+    #: The row's ETag when read (the registry's updates are guarded by it), and columns this version
+    #: does not know, kept when the row is rewritten.
+    etag: str = field(default="", compare=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def validate(self) -> Tenant:
         """Check every field; return the tenant with its id normalised, or raise InvalidTenant."""
@@ -157,56 +160,79 @@ class Tenant:
         }
 
 
-def _to_entity(tenant: Tenant) -> dict[str, Any]:
-    entity: dict[str, Any] = {
-        "PartitionKey": PARTITION,
-        "RowKey": tenant.tenant_id,
-        "DisplayName": tenant.display_name,
-        "FactorySubscriptionId": tenant.factory_subscription_id,
-        "FactoryResourceGroup": tenant.factory_resource_group,
-        "FactoryName": tenant.factory_name,
-        "Pipeline": tenant.pipeline,
-        "Parameters": json.dumps(tenant.parameters, sort_keys=True),
-        "IncludeDirectory": tenant.include_directory,
-        "Enabled": tenant.enabled,
-        "ConsentDate": tenant.consent_date.isoformat() if tenant.consent_date else "",
-        "DisabledReason": tenant.disabled_reason,
+class TenantCodec:
+    """Tenant <-> registry entity: the one place that knows the registry's columns and their types.
+
+    Pipeline parameters are stored as JSON text, the consent date as ``YYYY-MM-DD`` text ('' when
+    unknown), the timestamps as Table datetimes (only when set).
+    """
+
+    #: Record field -> column, for the plain columns (strings and booleans).
+    PLAIN: Final = {
+        "display_name": "DisplayName",
+        "factory_subscription_id": "FactorySubscriptionId",
+        "factory_resource_group": "FactoryResourceGroup",
+        "factory_name": "FactoryName",
+        "pipeline": "Pipeline",
+        "include_directory": "IncludeDirectory",
+        "enabled": "Enabled",
+        "disabled_reason": "DisabledReason",
     }
-    if tenant.added_at:
-        entity["AddedAt"] = tenant.added_at
-    if tenant.updated_at:
-        entity["UpdatedAt"] = tenant.updated_at
-    return entity
-
-
-def _from_entity(entity: Mapping[str, Any]) -> Tenant:
-    tenant_id = str(entity["RowKey"])
-    try:
-        parameters = json.loads(str(entity.get("Parameters") or "{}"))
-    except ValueError:
-        raise InvalidTenant(f"tenant {tenant_id}: the stored pipeline parameters are not JSON") from None
-    if not isinstance(parameters, dict):
-        raise InvalidTenant(f"tenant {tenant_id}: the stored pipeline parameters are not a JSON object")
-    consent_text = str(entity.get("ConsentDate") or "")
-    try:
-        consent = date.fromisoformat(consent_text) if consent_text else None
-    except ValueError:
-        raise InvalidTenant(f"tenant {tenant_id}: stored consent date {consent_text!r} is not YYYY-MM-DD") from None
-    return Tenant(
-        tenant_id=tenant_id,
-        display_name=str(entity.get("DisplayName") or ""),
-        factory_subscription_id=str(entity.get("FactorySubscriptionId") or ""),
-        factory_resource_group=str(entity.get("FactoryResourceGroup") or ""),
-        factory_name=str(entity.get("FactoryName") or ""),
-        pipeline=str(entity.get("Pipeline") or ""),
-        parameters=parameters,
-        include_directory=bool(entity.get("IncludeDirectory", False)),
-        enabled=bool(entity.get("Enabled", True)),
-        consent_date=consent,
-        disabled_reason=str(entity.get("DisabledReason") or ""),
-        added_at=as_utc(entity.get("AddedAt")),
-        updated_at=as_utc(entity.get("UpdatedAt")),
+    PARAMETERS: Final = "Parameters"
+    CONSENT_DATE: Final = "ConsentDate"
+    ADDED_AT: Final = "AddedAt"
+    UPDATED_AT: Final = "UpdatedAt"
+    KNOWN: Final = frozenset(
+        {"PartitionKey", "RowKey", *PLAIN.values(), PARAMETERS, CONSENT_DATE, ADDED_AT, UPDATED_AT}
     )
+
+    @classmethod
+    def encode(cls, tenant: Tenant) -> dict[str, Any]:
+        """The entity to write for ``tenant`` (unknown columns it was read with included)."""
+        entity: dict[str, Any] = {k: v for k, v in tenant.extra.items() if v is not None and k not in cls.KNOWN}
+        entity |= {"PartitionKey": PARTITION, "RowKey": tenant.tenant_id}
+        entity |= {column: getattr(tenant, attr) for attr, column in cls.PLAIN.items()}
+        entity[cls.PARAMETERS] = json.dumps(tenant.parameters, sort_keys=True)
+        entity[cls.CONSENT_DATE] = tenant.consent_date.isoformat() if tenant.consent_date else ""
+        if tenant.added_at:
+            entity[cls.ADDED_AT] = tenant.added_at
+        if tenant.updated_at:
+            entity[cls.UPDATED_AT] = tenant.updated_at
+        return entity
+
+    @classmethod
+    def decode(cls, entity: Mapping[str, Any]) -> Tenant:
+        """The tenant of a stored entity; InvalidTenant when a stored value cannot be read."""
+        tenant_id = str(entity["RowKey"])
+        try:
+            parameters = json.loads(str(entity.get(cls.PARAMETERS) or "{}"))
+        except ValueError:
+            raise InvalidTenant(f"tenant {tenant_id}: the stored pipeline parameters are not JSON") from None
+        if not isinstance(parameters, dict):
+            raise InvalidTenant(f"tenant {tenant_id}: the stored pipeline parameters are not a JSON object")
+        consent_text = str(entity.get(cls.CONSENT_DATE) or "")
+        try:
+            consent = date.fromisoformat(consent_text) if consent_text else None
+        except ValueError:
+            raise InvalidTenant(f"tenant {tenant_id}: stored consent date {consent_text!r} is not YYYY-MM-DD") from None
+        metadata = getattr(entity, "metadata", None) or {}
+        return Tenant(
+            tenant_id=tenant_id,
+            display_name=str(entity.get("DisplayName") or ""),
+            factory_subscription_id=str(entity.get("FactorySubscriptionId") or ""),
+            factory_resource_group=str(entity.get("FactoryResourceGroup") or ""),
+            factory_name=str(entity.get("FactoryName") or ""),
+            pipeline=str(entity.get("Pipeline") or ""),
+            parameters=parameters,
+            include_directory=bool(entity.get("IncludeDirectory", False)),
+            enabled=bool(entity.get("Enabled", True)),
+            consent_date=consent,
+            disabled_reason=str(entity.get("DisabledReason") or ""),
+            added_at=as_utc(entity.get(cls.ADDED_AT)),
+            updated_at=as_utc(entity.get(cls.UPDATED_AT)),
+            etag=str(metadata.get("etag", "")),
+            extra={k: v for k, v in entity_props(entity).items() if k not in cls.KNOWN},
+        )
 
 
 class TenantRegistry(TableStore):
@@ -214,31 +240,49 @@ class TenantRegistry(TableStore):
 
     label = "tenant registry"
 
+    def _insert(self, tenant: Tenant) -> Tenant:
+        return replace(tenant, etag=self.insert_entity(TenantCodec.encode(tenant)))
+
+    def _replace(self, tenant: Tenant) -> Tenant:
+        """Write ``tenant`` over its row if the row is unchanged since it was read (its ETag)."""
+        return replace(tenant, etag=self.replace_entity(TenantCodec.encode(tenant), tenant.etag))
+
+    def _update(self, tenant_id: str, change: Callable[[Tenant], Tenant]) -> Tenant:
+        """Read the tenant, apply ``change``, write it back ETag-guarded (again on a lost race)."""
+        return with_etag_retries(
+            lambda: self._replace(change(self.require(tenant_id))),
+            f"could not update tenant {tenant_id}: too much contention",
+        )
+
     def add(self, tenant: Tenant, *, replace_existing: bool = False, now: datetime | None = None) -> Tenant:
         """Register ``tenant``; TenantExists if it is registered already and ``replace_existing`` is False.
 
         Replacing keeps the original ``added_at``.
         """
         self.ensure()
-        now = now or utcnow()
+        moment = now or self.clock()
         clean = tenant.validate()
-        existing = self.get(clean.tenant_id)
-        if existing is not None and not replace_existing:
-            raise TenantExists(f"tenant {clean.tenant_id} is already registered (use --replace to overwrite it)")
-        stored = replace(clean, added_at=existing.added_at if existing else now, updated_at=now)
-        if existing is None:
-            try:
-                self.call("insert", lambda: self.table.create_entity(_to_entity(stored)))
-            except ResourceExistsError:
-                raise TenantExists(f"tenant {clean.tenant_id} was registered concurrently") from None
-        else:
-            self.call("update", lambda: self.table.upsert_entity(_to_entity(stored), mode=UpdateMode.REPLACE))
-        return stored
+
+        def step() -> Tenant:
+            existing = self.get(clean.tenant_id)
+            if existing is not None and not replace_existing:
+                raise TenantExists(f"tenant {clean.tenant_id} is already registered (use --replace to overwrite it)")
+            if existing is None:
+                try:
+                    return self._insert(replace(clean, added_at=moment, updated_at=moment, etag="", extra={}))
+                except ResourceExistsError:
+                    if not replace_existing:
+                        raise TenantExists(f"tenant {clean.tenant_id} was registered concurrently") from None
+                    raise  # read it again and replace it
+            kept = replace(clean, added_at=existing.added_at, etag=existing.etag, extra=existing.extra)
+            return self._replace(replace(kept, updated_at=moment))
+
+        return with_etag_retries(step, f"could not register tenant {clean.tenant_id}: too much contention")
 
     def get(self, tenant_id: str) -> Tenant | None:
         """One tenant, or None."""
         entity = self.read_entity(PARTITION, normalise_tenant_id(tenant_id))
-        return None if entity is None else _from_entity(entity)
+        return None if entity is None else TenantCodec.decode(entity)
 
     def require(self, tenant_id: str) -> Tenant:
         """One tenant; TenantNotFound when it is not registered."""
@@ -251,17 +295,17 @@ class TenantRegistry(TableStore):
         """Every registered tenant, ordered by tenant id (optionally only the enabled ones)."""
         entities = self.select_entities({"PartitionKey": PARTITION})
         for entity in sorted(entities, key=lambda e: str(e["RowKey"])):
-            tenant = _from_entity(entity)
+            tenant = TenantCodec.decode(entity)
             if tenant.enabled or not enabled_only:
                 yield tenant
 
     def _set_enabled(self, tenant_id: str, enabled: bool, reason: str, now: datetime | None) -> Tenant:
-        tenant = self.require(tenant_id)
-        changed = replace(
-            tenant, enabled=enabled, disabled_reason="" if enabled else reason, updated_at=now or utcnow()
-        )
-        self.call("update", lambda: self.table.upsert_entity(_to_entity(changed), mode=UpdateMode.REPLACE))
-        return changed
+        moment = now or self.clock()
+
+        def change(tenant: Tenant) -> Tenant:
+            return replace(tenant, enabled=enabled, disabled_reason="" if enabled else reason, updated_at=moment)
+
+        return self._update(tenant_id, change)
 
     def disable(self, tenant_id: str, reason: str = "", *, now: datetime | None = None) -> Tenant:
         """Stop starting runs for the tenant (its row and run history are kept)."""

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,21 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 import shared.runtime
-from shared.cleanup import cleanup_drops, delete_drop, delete_strays, find_orphans, scan_landing
+from shared import location as layout
+from shared.cleanup import (
+    BlobEntry,
+    cleanup_drops,
+    delete_drop,
+    delete_strays,
+    find_orphans,
+    plan_deletion,
+    scan_landing,
+)
 from shared.config import Settings
 from shared.ingest import IngestOutcome, ingest_metadata_blob
 from shared.ledger import DropRecord
 from shared.location import location_from_blob
+from shared.manifest import ReadBlob
 from shared.reprocess import reprocess_drop
 from shared.tables import utcnow
 from tests.conftest import Relay, make_relay
@@ -78,13 +88,6 @@ def restore_key(relay: Relay, tenant: str, key: bytes) -> None:
     relay.keys.current_path(tenant).write_bytes(key)
 
 
-def wait_past_second_of(moment: datetime) -> None:
-    """Storage keeps whole seconds of a blob's Last-Modified: make the next write land in a later second."""
-    target = moment.replace(microsecond=0) + timedelta(seconds=1, milliseconds=20)
-    while (left := (target - utcnow()).total_seconds()) > 0:
-        time.sleep(left)
-
-
 @pytest.fixture
 def immediate(azurite: Any, tmp_path: Path) -> Relay:
     """A relay with the production default: a delivered drop is deleted right away."""
@@ -118,16 +121,16 @@ def test_delivered_drop_is_deleted_completely_right_away(immediate: Relay) -> No
     assert outcome.status == "delivered"
     assert rows_of(relay.messages()) == expected_rows(500)
     assert blobs_under(relay, root) == []
-    assert sorted(record_of(relay, path).props["ReadBlobs"].count(n) for n in before) == [1] * len(before)
+    assert sorted(str(record_of(relay, path).read_blobs).count(n) for n in before) == [1] * len(before)
     assert [v for v in all_versions(relay) if v[0].startswith(root)] == []
     assert relay.blob_names() == others
     record = record_of(relay, path)
     assert record.state == "deleted"
-    assert record.props["BlobsDeleted"] == len(before)
-    assert record.props["DeleteReason"] == "delivered"
-    assert record.props["StateBeforeDelete"] == "delivered"
-    assert record.props["DeletedAt"] >= record.props["DeliveredAt"]
-    assert record.props["Rows"] == 500  # what was delivered stays on record
+    assert record.blobs_deleted == len(before)
+    assert record.delete_reason == "delivered"
+    assert record.state_before_delete == "delivered"
+    assert record.deleted_at and record.delivered_at and record.deleted_at >= record.delivered_at
+    assert record.rows == 500  # what was delivered stays on record
     other = location_from_blob(relay.rt.landing_account, relay.landing.container_name, other_path)
     assert relay.rt.ledger.find(other.drop_id) is None  # untouched, still unknown
 
@@ -201,15 +204,15 @@ def test_failed_drops_are_kept_unless_retention_is_set(azurite: Any, tmp_path: P
     recent, _ = fail_for_missing_key(kept, kept.new_tenant())
     recent_record = record_of(kept, recent)
     # Four days later the first failure is past retention; the second failed "later" (moved on here).
-    assert kept.rt.ledger.update_if(recent_record, lambda r: True, {"FailedAt": utcnow() + timedelta(days=2)})
+    assert kept.rt.ledger.update_if(recent_record, lambda r: True, {"failed_at": utcnow() + timedelta(days=2)})
     report = cleanup_drops(kept.rt, now=utcnow() + timedelta(days=4))
 
     assert blobs_under(kept, drop_root(old)) == []
     record = record_of(kept, old)
     assert record.state == "deleted"
-    assert record.props["ReasonCode"] == "key_not_found"  # the reason it failed is kept
-    assert "retention of 3 day(s)" in record.props["DeleteReason"]
-    assert record.props["StateBeforeDelete"] == "failed"
+    assert record.reason_code == "key_not_found"  # the reason it failed is kept
+    assert "retention of 3 day(s)" in str(record.delete_reason)
+    assert record.state_before_delete == "failed"
     assert record_of(kept, recent).state == "failed" and blobs_under(kept, drop_root(recent))
     assert [d.status for d in report.drops] == ["deleted"]
 
@@ -219,8 +222,8 @@ def test_blobs_written_after_delivery_are_kept_and_reported(relay: Relay) -> Non
     path, _ = deliver(relay, tenant)
     root = drop_root(path)
     delivered_blobs = blobs_under(relay, root)
-    wait_past_second_of(record_of(relay, path).props["DeliveredAt"])
-    # A re-run of the pipeline writes into the same folder after the drop was delivered.
+    # A re-run of the pipeline writes into the same folder after the drop was delivered (in the same
+    # storage second, as like as not: the list of read blobs and their ETags tells them apart, not a time).
     rerun_data = f"{root}/data/part-rerun.json.gz.enc"
     relay.landing.upload_blob(rerun_data, b"new encrypted data")
     relay.landing.upload_blob(path, relay.landing.download_blob(path).readall(), overwrite=True)
@@ -237,8 +240,8 @@ def test_blobs_written_after_delivery_are_kept_and_reported(relay: Relay) -> Non
         path: "rewritten since the delivery read it (another run's file?); not deleted",
     }
     record = record_of(relay, path)
-    assert record.state == "deleted" and record.props["BlobsKept"] == 2
-    assert rerun_data in record.props["KeptBlobs"]
+    assert record.state == "deleted" and record.blobs_kept == 2
+    assert rerun_data in str(record.kept_blobs)
     # The Metadata.json left behind is reported until an operator deals with it.
     [orphan] = report.orphans
     assert (orphan.metadata_path, orphan.kind) == (path, "left_after_deletion")
@@ -300,7 +303,7 @@ def test_a_delivery_that_recorded_no_blob_list_deletes_nothing(relay: Relay) -> 
     path, _ = deliver(relay, tenant)
     record = record_of(relay, path)
     # A ledger row that does not say which blobs the delivery read (written before that was recorded).
-    assert relay.rt.ledger.update_if(record, lambda r: True, {"ReadBlobs": None})
+    assert relay.rt.ledger.update_if(record, lambda r: True, {"read_blobs": None})
     names = relay.blob_names()
 
     report = cleanup_drops(relay.rt)
@@ -310,7 +313,7 @@ def test_a_delivery_that_recorded_no_blob_list_deletes_nothing(relay: Relay) -> 
     assert d.status == "refused" and "which blobs the delivery read" in d.reason
     assert not report.ok
     after = record_of(relay, path)
-    assert after.state == "delivered" and not after.props.get("DeletingOwner")
+    assert after.state == "delivered" and not after.deleting_owner
 
 
 def test_leased_blob_is_retried_not_forgotten(relay: Relay) -> None:
@@ -327,7 +330,7 @@ def test_leased_blob_is_retried_not_forgotten(relay: Relay) -> None:
     second = cleanup_drops(relay.rt)
     assert [d.status for d in second.drops] == ["deleted"]
     assert blobs_under(relay, drop_root(path)) == []
-    assert record_of(relay, path).props["BlobsDeleted"] == 1  # the rest went in the first run
+    assert record_of(relay, path).blobs_deleted == 1  # the rest went in the first run
 
 
 # -- concurrency ----------------------------------------------------------------------------------
@@ -365,7 +368,7 @@ def test_two_cleanups_at_once_delete_each_blob_once(relay: Relay) -> None:
     assert sorted(deleted) == sorted(n for names in expected.values() for n in names)  # each exactly once
     for p, names in expected.items():
         record = record_of(relay, p)
-        assert record.state == "deleted" and record.props["BlobsDeleted"] == len(names)
+        assert record.state == "deleted" and record.blobs_deleted == len(names)
         statuses = [d.status for r in (first, second) for d in r.drops if d.drop_id == record.drop_id]
         assert statuses.count("deleted") == 1 and set(statuses) <= {"deleted", "skipped"}
     assert relay.blob_names() == []
@@ -384,7 +387,7 @@ def test_a_cleanup_in_progress_is_left_alone_until_its_lease_expires(relay: Rela
     # That cleanup died after deleting one blob; its lease ran out.
     relay.landing.delete_blob(names[0])
     hour_ago = utcnow() - timedelta(hours=1)
-    assert ledger.update_if(record_of(relay, path), lambda r: True, {"DeletingUntil": hour_ago})
+    assert ledger.update_if(record_of(relay, path), lambda r: True, {"deleting_until": hour_ago})
     [d] = cleanup_drops(relay.rt).drops
     assert d.status == "deleted" and sorted(d.deleted) == names[1:]
     assert record_of(relay, path).state == "deleted"
@@ -431,12 +434,12 @@ def test_cleanup_racing_reprocess_never_loses_the_drop(azurite: Any, tmp_path: P
         if outcome.status == "delivered":  # reprocess won: the drop was delivered, exactly once
             assert len(completes) == 1
             if record.state == "deleted":  # and cleanup then saw it delivered: deleted as delivered
-                assert record.props["DeleteReason"] == "delivered"
+                assert record.delete_reason == "delivered"
             else:
                 assert record.state == "delivered" and blobs_under(relay, drop_root(path))
         else:  # cleanup won: the drop failed for good and was deleted, nothing half-sent
             assert outcome.status == "refused", outcome
-            assert record.state == "deleted" and "retention" in record.props["DeleteReason"]
+            assert record.state == "deleted" and "retention" in str(record.delete_reason)
             assert completes == [] and blobs_under(relay, drop_root(path)) == []
 
 
@@ -464,7 +467,7 @@ def test_reprocessed_failed_drop_ends_delivered(relay: Relay) -> None:
     path, key = fail_for_missing_key(relay, tenant, rows=90)
     drop_id = record_of(relay, path).drop_id
     assert reprocess_drop(relay.rt, drop_id).status == "failed"  # the cause is not fixed yet
-    assert record_of(relay, path).props["PreviousReasonCode"] == "key_not_found"
+    assert record_of(relay, path).previous_reason_code == "key_not_found"
 
     restore_key(relay, tenant, key)
     outcome = reprocess_drop(relay.rt, drop_id)
@@ -472,8 +475,8 @@ def test_reprocessed_failed_drop_ends_delivered(relay: Relay) -> None:
     assert outcome.status == "delivered", outcome.reason
     record = record_of(relay, path)
     assert record.state == "delivered"
-    assert record.props["PreviousReasonCode"] == "key_not_found"
-    assert "no key for tenant" in record.props["PreviousReason"]
+    assert record.previous_reason_code == "key_not_found"
+    assert "no key for tenant" in str(record.previous_reason)
     assert rows_of(relay.messages()) == expected_rows(90)
     assert reprocess_drop(relay.rt, drop_id).status == "refused"  # delivered: nothing to redo
     assert reprocess_drop(relay.rt, "dnosuchdrop").status == "not_found"
@@ -608,7 +611,7 @@ def test_cli_reprocess_with_immediate_deletion(relay: Relay, here: Cli) -> None:
     assert rows_of(relay.messages()) == expected_rows(25)
     assert blobs_under(relay, drop_root(path)) == []
     record = record_of(relay, path)
-    assert record.props["PreviousReasonCode"] == "key_not_found" and record.props["DeliveredAt"]
+    assert record.previous_reason_code == "key_not_found" and record.delivered_at
 
     again = here(relay, "reprocess", drop_id)
     assert again.returncode == 1 and "only failed or waiting drops" in again.stderr
@@ -631,8 +634,8 @@ def test_cli_delete_orphans(relay: Relay, here: Cli) -> None:
     assert real.returncode == 0, real.stderr
     assert relay.blob_names() == []
     record = record_of(relay, unknown)
-    assert record.state == "deleted" and record.props["OrphanBlobsDeleted"] == len(orphan_blobs)
-    assert "operator" in record.props["OrphanDeleteReason"]
+    assert record.state == "deleted" and record.orphan_blobs_deleted == len(orphan_blobs)
+    assert "operator" in str(record.orphan_delete_reason)
     assert find_orphans(relay.rt) == []
 
 
@@ -641,8 +644,7 @@ def test_delete_drop_skips_every_state_but_delivered(relay: Relay) -> None:
     record = record_of(relay, path)
     names = relay.blob_names()
     for state in ("failed", "waiting", "in_progress", "deleted", ""):
-        record.props["State"] = state
-        assert delete_drop(relay.rt, record).status == "skipped"
+        assert delete_drop(relay.rt, dataclasses.replace(record, state=state)).status == "skipped"
     assert relay.blob_names() == names
 
 
@@ -657,3 +659,27 @@ def test_list_json_is_machine_readable(azurite: Any, tmp_path: Path, here: Cli) 
     assert doc["drop_id"] == delivered.drop_id and doc["state"] == "delivered"
     assert doc["rows"] == 12 and doc["rows_expected"] == 12 and isinstance(doc["messages"], int)
     assert doc["reason"] is None and doc["first_seen"].startswith("20")
+
+
+def test_the_etag_the_delivery_read_decides_what_goes_not_a_timestamp() -> None:
+    """Storage keeps whole seconds and another clock than the worker's: a time cannot tell the blobs apart."""
+    root = "run/VivaInsights/" + str(uuid.uuid4())
+    metadata = layout.metadata_path_of(root)
+    data, rerun, folder = f"{root}/data/part-1.json.gz.enc", f"{root}/data/part-rerun.json.gz.enc", f"{root}/data"
+    delivered = datetime(2026, 5, 1, 12, 0, 0, 400_000, tzinfo=UTC)
+    same_second = delivered.replace(microsecond=0)
+    ahead = delivered + timedelta(seconds=30)  # the storage clock runs ahead of the worker that delivered
+    read = {data: ReadBlob(data, '"e1"', 10), metadata: ReadBlob(metadata, '"m1"', -1)}
+    blobs = [
+        BlobEntry(data, 10, ahead, "e1"),  # what the delivery read: its ETag says it is unchanged
+        BlobEntry(metadata, 50, same_second, "m2"),  # rewritten in the second of the delivery
+        BlobEntry(rerun, 10, same_second, "r1"),  # a later run's file, same second
+        BlobEntry(folder, 0, ahead, "f1"),  # a folder marker: no ETag vouches for it, so the time still does
+    ]
+    plan = plan_deletion(blobs, root, newer_than=delivered, newer_why="the delivery", recorded=None, read=read)
+    assert [b.name for b in plan.delete] == [data]
+    assert {k.name: k.why.split(" (")[0].split(",")[0] for k in plan.kept} == {
+        metadata: "rewritten since the delivery read it",
+        rerun: "not read by the delivery: a later run's drop or a stray; not deleted",
+        folder: f"modified at {ahead.isoformat()}",
+    }

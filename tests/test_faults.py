@@ -154,7 +154,7 @@ def test_sigkill_at_many_points_then_redeliver(azurite: Azurite, tmp_path: Path)
     outcome = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
     assert outcome.status == "delivered", outcome.reason
     [record] = list(relay.rt.ledger.list(tenant=tenant))
-    assert record.props["ResumedFromSeq"] >= 0
+    assert record.resumed_from_seq is not None and record.resumed_from_seq >= 0
     audit(relay, expected, interruptions=len(kill_after))
 
 
@@ -203,7 +203,7 @@ def test_key_vault_outage_then_recovery(azurite: Azurite, tmp_path: Path) -> Non
         assert retrying.status == "retrying" and "Key Vault" in retrying.reason
         [record] = list(relay.rt.ledger.list(tenant=tenant))
         assert record.state == "in_progress" and not record.lease_active(utcnow())
-        assert "Key Vault" in record.props["LastError"]
+        assert "Key Vault" in str(record.last_error)
         assert raw_messages(relay) == []
 
         vault.set_available(True)
@@ -275,7 +275,7 @@ def test_outage_beyond_the_retry_budget_fails_visibly_then_reprocess_finishes(az
         assert transient == MAX_ATTEMPTS
         assert outcome.status == "failed" and f"gave up after {MAX_ATTEMPTS} attempts" in outcome.reason
         [record] = list(relay.rt.ledger.list(tenant=tenant))
-        assert record.state == "failed" and "Key Vault" in record.props["Reason"]
+        assert record.state == "failed" and "Key Vault" in str(record.reason)
         assert path in relay.blob_names()  # a failed drop is kept
         # Consumers are told (nothing was sent, yet the drop is known to have failed).
         [failed] = raw_messages(relay)
@@ -311,12 +311,12 @@ def test_resume_after_a_settings_change_packs_as_the_first_attempt(azurite: Azur
     finally:
         QueueSink.put = original  # type: ignore[method-assign]
     [record] = list(relay.rt.ledger.list(tenant=tenant))
-    assert record.checkpoint_seq >= 0 and record.props["Encoding"] == "json"
+    assert record.checkpoint_seq >= 0 and record.encoding == "json"
     clock = skip_past_lease(relay, tenant)
 
     changed = Runtime(Settings.from_env(relay.env | {"DOWNSTREAM_MESSAGE_ENCODING": "gzip-base64"}), clock=clock)
     outcome = ingest_metadata_blob(changed, relay.landing.container_name, path)
     assert outcome.status == "delivered", outcome.reason
     [record] = list(relay.rt.ledger.list(tenant=tenant))
-    assert record.props["Encoding"] == "json" and record.props["ResumedFromSeq"] >= 0
+    assert record.encoding == "json" and record.resumed_from_seq is not None and record.resumed_from_seq >= 0
     audit(relay, list(generate_rows(3000)), interruptions=1)

@@ -48,11 +48,11 @@ def assert_accounted(relay: Relay, path: str, outcome: IngestOutcome) -> None:
     record = relay.rt.ledger.find(outcome.drop_id or location.drop_id)
     assert record is not None, outcome
     if record.state in ("failed", "waiting"):
-        assert record.props.get("Reason"), record.props
+        assert record.reason, record
     if record.state == "failed":
-        assert record.props.get("ReasonCode")
+        assert record.reason_code
     if outcome.status == "retrying":
-        assert record.props.get("LastError")
+        assert record.last_error
 
 
 @pytest.mark.parametrize(("what", "raw"), hostile_metadata(), ids=[w for w, _ in hostile_metadata()])
@@ -157,8 +157,8 @@ def test_an_unexpected_exception_is_recorded_by_type_and_the_handler_returns(
 
     assert outcome.status == "failed" and outcome.code == "internal_error"
     [record] = relay.rt.ledger.list(tenant=tenant)
-    assert record.state == "failed" and record.props["ReasonCode"] == "internal_error"
-    assert "KeyError" in record.props["Reason"] and "Jane" not in record.props["Reason"]
+    assert record.state == "failed" and record.reason_code == "internal_error"
+    assert "KeyError" in str(record.reason) and "Jane" not in str(record.reason)
 
 
 def test_an_unexpected_exception_mid_attempt_gives_the_lease_back_with_its_type(
@@ -178,7 +178,7 @@ def test_an_unexpected_exception_mid_attempt_gives_the_lease_back_with_its_type(
     assert outcome.status == "retrying" and outcome.code == "internal_error"
     [record] = relay.rt.ledger.list(tenant=tenant)
     assert record.state == "in_progress" and not record.lease_active(utc_now())
-    assert record.props["LastError"] == "internal_error: unexpected ZeroDivisionError"
+    assert record.last_error == "internal_error: unexpected ZeroDivisionError"
     monkeypatch.undo()
     assert ingest_metadata_blob(relay.rt, relay.landing.container_name, path).status == "delivered"
 
@@ -208,7 +208,7 @@ def test_a_queue_unreachable_when_first_created_is_transient(azurite: Azurite, t
 
     assert outcome.status == "retrying" and outcome.code == "transient", outcome
     [record] = relay.rt.ledger.list(tenant=tenant)
-    assert record.state == "in_progress" and "ServiceRequestError" in record.props["LastError"]
+    assert record.state == "in_progress" and "ServiceRequestError" in str(record.last_error)
     assert ingest_metadata_blob(relay.rt, relay.landing.container_name, path).status == "delivered"
     assert rows_of(relay.messages()) == expected_rows(20)
 

@@ -104,15 +104,15 @@ def test_schema_drift_recorded_by_the_contract_check_is_reported_until_cleared(r
 
     def drift_problems() -> list[str]:
         health = evaluate(collect(relay.rt, clock), relay.settings)
-        assert [t.schema_drift for t in health.tenants] == [record.props.get("SchemaDrift")]
+        assert [t.schema_drift for t in health.tenants] == [record.schema_drift]
         return [p.subject for p in health.problems if p.rule == "schema_drift"]
 
     # The contract check ran on the drop: the simulated rows copy Microsoft's v1 sample (PersonId, not
     # ObjectId; numbers as strings), which drifts from the published schema, so drift is recorded.
-    assert record.props.get("SchemaDrift") is True
-    assert "renamed" in {f["check"] for f in json.loads(str(record.props["SchemaReport"]))["findings"]}
+    assert record.schema_drift is True
+    assert "renamed" in {f["check"] for f in json.loads(str(record.schema_report))["findings"]}
     assert drift_problems() == [record.drop_id]
-    updated = relay.rt.ledger.update_if(record, lambda r: True, {"SchemaDrift": False})
+    updated = relay.rt.ledger.update_if(record, lambda r: True, {"schema_drift": False})
     assert updated is not None
     record = updated
     assert drift_problems() == []
@@ -157,7 +157,7 @@ def test_rotate_keeps_old_versions_while_a_drop_needs_them_then_retire_disables_
     old = key_version(relay.keys.public_key(tenant))
     old_public = relay.keys.public_key(tenant)
     delivered = ingest(relay, tenant)
-    assert delivered.state == "delivered" and delivered.props["PublicKeyVersion"] == old
+    assert delivered.state == "delivered" and delivered.public_key_version == old
 
     rotated = cli(relay, "keys", "rotate", "--tenant", tenant, *folder)
     assert rotated.returncode == 0, rotated.stderr
@@ -169,7 +169,7 @@ def test_rotate_keeps_old_versions_while_a_drop_needs_them_then_retire_disables_
     _, path = relay.drop(tenant, rows=10, version=old)
     location = location_from_blob(relay.rt.landing_account, relay.landing.container_name, path)
     pending = relay.rt.ledger.mark_failed(
-        location, tenant, "simulated", "downstream refused", details={"PublicKeyVersion": old}
+        location, tenant, "simulated", "downstream refused", details={"public_key_version": old}
     )
     kept = cli(relay, "keys", "retire", "--tenant", tenant, *folder)
     assert kept.returncode == 0, kept.stderr
@@ -181,7 +181,7 @@ def test_rotate_keeps_old_versions_while_a_drop_needs_them_then_retire_disables_
     assert KeyFolder(relay.env["KEY_FOLDER"]).is_enabled(tenant, old)
 
     # Once the drop is settled the old version is retirable: the rule says so, retire disables it.
-    relay.rt.ledger.update_if(pending, lambda r: True, {"State": "delivered"})
+    relay.rt.ledger.update_if(pending, lambda r: True, {"state": "delivered"})
     health = evaluate(collect(relay.rt), relay.settings)
     assert [(p.rule, p.subject) for p in health.problems if p.rule == "key_retirable"] == [("key_retirable", old)]
     assert not health.needs_action  # a suggestion, not an alarm
@@ -210,8 +210,8 @@ def test_key_vault_rotation_keeps_needed_versions_and_retire_disables_the_rest(v
     first = vault.create_key(tenant).version
     second = vault.create_key(tenant, rotate=True).version
     third = vault.create_key(tenant, rotate=True).version
-    in_flight = DropRecord(tenant, "d-waiting", {"State": "waiting", "PublicKeyVersion": second})
-    done = DropRecord(tenant, "d-done", {"State": "delivered", "PublicKeyVersion": first})
+    in_flight = DropRecord(tenant, "d-waiting", state="waiting", public_key_version=second)
+    done = DropRecord(tenant, "d-done", state="delivered", public_key_version=first)
     needs = key_needs([in_flight, done])
 
     plan = plan_retirement(tenant, vault.inventory(), needs)
@@ -227,7 +227,7 @@ def test_key_vault_rotation_keeps_needed_versions_and_retire_disables_the_rest(v
     retire(vault, forced)
     assert {k.version: k.enabled for k in vault.inventory()} == {first: False, second: False, third: True}
     # A waiting drop without a version yet may need any version: nothing is retired automatically.
-    unknown = key_needs([DropRecord(tenant, "d-new", {"State": "waiting"})])
+    unknown = key_needs([DropRecord(tenant, "d-new", state="waiting")])
     assert plan_retirement(tenant, vault.inventory(), unknown).retire == ()
 
 

@@ -66,11 +66,11 @@ def test_drop_delivered_row_for_row_through_the_function(function_env: Relay) ->
 
     [record] = list(relay.rt.ledger.list(tenant=tenant))
     assert record.state == "delivered"
-    assert record.props["Rows"] == 700
-    assert record.props["Messages"] == len(rows_msgs)
-    assert record.props["Algorithm"] == "RSA-OAEP-256"
-    assert record.props["RunId"] == path.split("/")[0]
-    assert record.props["MBps"] > 0
+    assert record.rows == 700
+    assert record.messages == len(rows_msgs)
+    assert record.algorithm == "RSA-OAEP-256"
+    assert record.run_id == path.split("/")[0]
+    assert record.mbps is not None and record.mbps > 0
     # Delivery never deletes: cleanup does, later.
     assert path in relay.blob_names()
 
@@ -128,8 +128,8 @@ def _assert_failed(relay: Relay, tenant: str, code: str, words: str, before: lis
     assert len(records) == 1
     record = records[0]
     assert record.state == "failed"
-    assert record.props["ReasonCode"] == code
-    assert words in record.props["Reason"]
+    assert record.reason_code == code
+    assert words in str(record.reason)
     assert relay.blob_names() == before  # nothing deleted
     messages = relay.messages()
     assert not [m for m in messages if m["type"] == "complete"]
@@ -366,7 +366,7 @@ def test_metadata_before_its_data_waits_then_delivers(relay: Relay) -> None:
     relay.landing.delete_blob(name)  # or the file is not there at all yet
     assert recheck_drops(relay.rt)[0].status == "waiting"
     [record] = list(relay.rt.ledger.list(tenant=tenant))
-    assert record.state == "waiting" and "no data file" in record.props["Reason"]
+    assert record.state == "waiting" and "no data file" in str(record.reason)
 
     relay.landing.upload_blob(name, data)
     assert [o.status for o in recheck_drops(relay.rt)] == ["delivered"]

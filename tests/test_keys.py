@@ -601,7 +601,7 @@ def test_drop_wrapped_with_the_vault_key_is_ingested_and_decrypted_through_key_v
     assert outcome.status == "delivered", outcome.reason
     assert delivered_rows(read_queue(relay.rt.queue)) == expected_rows(300)
     [record] = list(relay.rt.ledger.list(tenant=tenant))
-    assert record.state == "delivered" and record.props["KeyVersion"] == created.version
+    assert record.state == "delivered" and record.key_version == created.version
     assert kv.requests_matching(f"/keys/{tenant}/{created.version}/decrypt", "POST")
 
     drop_root = metadata_path[: -len("/metadata/JobMetadata/Metadata.json")]
@@ -656,7 +656,7 @@ def test_key_vault_outage_during_ingest_is_transient_and_the_drop_is_delivered_l
     assert retrying.status == "retrying" and "Key Vault" in retrying.reason
     [record] = list(relay.rt.ledger.list(tenant=tenant))
     assert record.state == "in_progress" and not record.lease_active(datetime.now(UTC))  # lease given back
-    assert "503" in str(record.props.get("LastError"))
+    assert "503" in str(record.last_error)
     assert read_queue(relay.rt.queue) == []
 
     kv.set_available(True)
@@ -686,10 +686,10 @@ def test_wrong_or_disabled_key_fails_the_drop_with_a_clear_reason(
     outcome = ingest_metadata_blob(rt, relay.landing.container_name, sim.metadata_path)
     assert outcome.status == "failed" and outcome.code == "key_unwrap_failed"
     [record] = list(relay.rt.ledger.list(tenant=tenant))
-    assert record.state == "failed" and record.props["ReasonCode"] == "key_unwrap_failed"
+    assert record.state == "failed" and record.reason_code == "key_unwrap_failed"
     if problem == "wrong_key":
-        assert "could not be unwrapped" in record.props["Reason"]
+        assert "could not be unwrapped" in str(record.reason)
     else:
-        assert "refused to decrypt" in record.props["Reason"] and "enabled" in record.props["Reason"]
+        assert "refused to decrypt" in str(record.reason) and "enabled" in str(record.reason)
     # No row was sent; consumers get only the drop's `failed` message.
     assert [(m["type"], m["code"]) for m in read_queue(relay.rt.queue)] == [("failed", "key_unwrap_failed")]

@@ -69,8 +69,8 @@ def test_a_later_runs_smaller_drop_landing_before_delivery_is_recorded_is_never_
     assert blobs_under(relay, root) == second["blobs"]  # every blob of the later run is still there
     record = ledger.find(first.drop_id)
     assert record is not None and record.state == "deleted"
-    assert record.props["BlobsDeleted"] == 0 and record.props["BlobsKept"] == len(second["blobs"])
-    assert all(name in record.props["KeptBlobs"] for name in second["blobs"])
+    assert record.blobs_deleted == 0 and record.blobs_kept == len(second["blobs"])
+    assert all(name in str(record.kept_blobs) for name in second["blobs"])
 
     # The later run's own event: a drop of its own, delivered row for row.
     later = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
@@ -91,7 +91,7 @@ def test_a_metadata_event_of_another_run_is_its_own_drop_even_mid_delivery(relay
         tenant,
         "another-worker",
         600,
-        details={"ExtractionResultId": first_sim.metadata["ExtractionResultId"]},
+        details={"extraction_result_id": first_sim.metadata["ExtractionResultId"]},
     )
     assert claim.claimed
     relay.drop(tenant, rows=12, root=drop_root(path))
@@ -155,7 +155,7 @@ def test_a_drop_over_2_gib_of_plaintext_is_recorded_as_delivered(relay: Relay, m
     assert outcome.status == "delivered", outcome.reason
     [record] = relay.rt.ledger.list(tenant=tenant)
     assert record.state == "delivered"
-    assert record.props["PlaintextBytes"] == BIG and record.props["CiphertextBytes"] == BIG - 1
+    assert record.plaintext_bytes == BIG and record.ciphertext_bytes == BIG - 1
     assert len(of_drop(relay.messages(), outcome.drop_id, "complete")) == 1
 
 
@@ -163,12 +163,12 @@ def test_every_store_writes_whole_numbers_as_int64(relay: Relay) -> None:
     ledger = relay.rt.ledger
     name = "x/metadata/JobMetadata/Metadata.json"
     location = location_from_blob(relay.rt.landing_account, relay.landing.container_name, name)
-    claim = ledger.claim(location, "t", "me", 600, details={"RowsExpected": BIG})
+    claim = ledger.claim(location, "t", "me", 600, details={"rows_expected": BIG})
     record = ledger.heartbeat(claim.record, BIG, BIG + 1, 600)
     again = ledger.get("t", location.drop_id)
     assert again is not None and again.etag == record.etag
-    assert (again.props["RowsExpected"], again.checkpoint_seq, again.props["CheckpointRows"]) == (BIG, BIG, BIG + 1)
-    assert again.props["Attempts"] == 1 and isinstance(again.props["Attempts"], int)
+    assert (again.rows_expected, again.checkpoint_seq, again.checkpoint_rows) == (BIG, BIG, BIG + 1)
+    assert again.attempts == 1 and isinstance(again.attempts, int)
 
 
 def _fail_first_delivery_record(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -198,7 +198,7 @@ def test_a_resume_after_the_completion_never_sends_it_again(relay: Relay, monkey
     assert len(of_drop(messages, first.drop_id, "complete")) == 1
     assert rows_of(messages) == expected_rows(300)
     [record] = relay.rt.ledger.list(tenant=tenant)
-    assert record.state == "delivered" and record.props["CompleteSentAt"]
+    assert record.state == "delivered" and record.complete_sent_at
 
 
 def test_no_failed_message_follows_the_completion(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,7 +215,7 @@ def test_no_failed_message_follows_the_completion(relay: Relay, monkeypatch: pyt
     assert first.status == "retrying"
     [record] = relay.rt.ledger.list(tenant=tenant)
     # The retry budget is spent: the next attempt would give up.
-    assert relay.rt.ledger.update_if(record, lambda r: True, {"Attempts": MAX_ATTEMPTS, "LeaseUntil": None})
+    assert relay.rt.ledger.update_if(record, lambda r: True, {"attempts": MAX_ATTEMPTS, "lease_until": None})
     monkeypatch.setattr(relay.rt.ledger, "mark_delivered", real)
 
     again = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
@@ -297,7 +297,7 @@ def test_a_crash_right_after_a_checkpoint_with_nothing_in_flight_resumes_without
     [record] = ledger.list(tenant=tenant)
     assert record.checkpoint_seq == checkpoints[0]
     # The worker is gone; its lease lapses (set here rather than waited for).
-    assert ledger.update_if(record, lambda r: True, {"LeaseUntil": None})
+    assert ledger.update_if(record, lambda r: True, {"lease_until": None})
 
     resumed = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
 

@@ -68,10 +68,10 @@ def test_every_drop_is_checked_and_the_report_is_stored_and_sent(relay: Relay) -
     # Rows pass unchanged by default.
     assert rows_of(messages) == [json.loads(r) for r in generate_rows(80)]
     record = record_of(relay, tenant)
-    assert record.props["SchemaDrift"] is True
-    stored = record.props["SchemaReport"]
+    assert record.schema_drift is True
+    stored = record.schema_report
     assert json.loads(stored) == schema and len(stored) <= REPORT_CHAR_LIMIT
-    assert json.loads(record.props["RowSettings"])["typed"] is False
+    assert json.loads(record.row_settings)["typed"] is False
 
 
 def test_a_drop_that_fits_has_no_drift(relay: Relay) -> None:
@@ -88,7 +88,7 @@ def test_a_drop_that_fits_has_no_drift(relay: Relay) -> None:
     assert ingest(relay, path).status == "delivered"
     [complete] = [m for m in relay.messages() if m["type"] == "complete"]
     assert complete["schema"]["findings"] == [] and complete["schema"]["drift"] is False
-    assert record_of(relay, tenant).props["SchemaDrift"] is False
+    assert record_of(relay, tenant).schema_drift is False
 
 
 def test_fail_policy_fails_the_drop_with_code_schema_before_complete(azurite: Azurite, tmp_path: Path) -> None:
@@ -102,8 +102,8 @@ def test_fail_policy_fails_the_drop_with_code_schema_before_complete(azurite: Az
     [failed] = [m for m in messages if m["type"] == "failed"]
     assert failed["code"] == "schema"
     record = record_of(relay, tenant)
-    assert record.state == "failed" and record.props["ReasonCode"] == "schema"
-    assert record.props["SchemaDrift"] is True and json.loads(record.props["SchemaReport"])["policy"] == "fail"
+    assert record.state == "failed" and record.reason_code == "schema"
+    assert record.schema_drift is True and json.loads(record.schema_report)["policy"] == "fail"
 
 
 def test_check_can_be_turned_off(azurite: Azurite, tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_check_can_be_turned_off(azurite: Azurite, tmp_path: Path) -> None:
     _, path = relay.drop(tenant, rows=20)
     assert ingest(relay, path).status == "delivered"
     [complete] = [m for m in relay.messages() if m["type"] == "complete"]
-    assert "schema" not in complete and "SchemaDrift" not in record_of(relay, tenant).props
+    assert "schema" not in complete and record_of(relay, tenant).schema_drift is None
 
 
 def test_typed_rows(azurite: Azurite, tmp_path: Path) -> None:
@@ -178,7 +178,7 @@ def test_pseudonymised_rows_hold_no_raw_identifier(azurite: Azurite, tmp_path: P
     pseudonym = Pseudonymiser(SECRET.encode(), "")
     assert [r["PersonId"] for r in rows] == [pseudonym(o["PersonId"]) for o in originals]
     assert len({r["PersonId"] for r in rows}) == len(people)  # joins still work
-    assert json.loads(record_of(relay, tenant).props["RowSettings"])["secret_version"].startswith("sha256:")
+    assert json.loads(record_of(relay, tenant).row_settings)["secret_version"].startswith("sha256:")
 
 
 def test_pseudonyms_are_stable_across_tenants_and_weeks(azurite: Azurite, tmp_path: Path) -> None:
@@ -239,7 +239,7 @@ def test_all_transforms_together_and_after_a_resume(azurite: Azurite, tmp_path: 
     )
     outcome = ingest(relay, path, plain)
     assert outcome.status == "delivered", outcome.reason
-    assert record_of(relay, tenant).props["ResumedFromSeq"] >= 0
+    assert record_of(relay, tenant).resumed_from_seq >= 0
     messages = relay.messages()
     unique = {m["seq"]: m for m in messages if m["type"] == "rows"}
     rows = [r for seq in sorted(unique) for r in unique[seq]["rows"]]
@@ -264,8 +264,8 @@ def test_pseudonym_secret_from_key_vault_with_its_version_recorded(
     tenant = relay.new_tenant()
     vault_key = kv.add_key(tenant, relay.keys.load(relay.keys.current_path(tenant)), exp=2_000_000_000)
     _, path = relay.drop(tenant, rows=35, version=vault_key)
-    assert ingest(relay, path, rt).status == "delivered", record_of(relay, tenant).props.get("Reason")
-    assert json.loads(record_of(relay, tenant).props["RowSettings"])["secret_version"] == version
+    assert ingest(relay, path, rt).status == "delivered", record_of(relay, tenant).reason
+    assert json.loads(record_of(relay, tenant).row_settings)["secret_version"] == version
     rows = rows_of(relay.messages())
     person = json.loads(next(generate_rows(1)))["PersonId"]
     assert {r["PersonId"] for r in rows} == {Pseudonymiser(SECRET.encode(), "")(person)}
@@ -291,7 +291,7 @@ def test_bad_settings_are_configuration_errors_at_start(relay: Relay, kv: KeyVau
     outcome = ingest(relay, path, missing)
     assert (outcome.status, outcome.code) == ("waiting", "config") and "secret" in outcome.reason
     [record] = list(relay.rt.ledger.list(tenant=tenant))
-    assert record.state == "waiting" and str(record.props["Reason"]).startswith("configuration: ")
+    assert record.state == "waiting" and str(record.reason).startswith("configuration: ")
     assert relay.messages() == []
     write_secret(relay)
     assert ingest(relay, path, missing).status == "delivered"
@@ -343,6 +343,6 @@ def test_an_operator_accepts_a_drop_failed_for_drift_by_reprocessing_under_repor
     outcome = reprocess_drop(lenient, drop_id)
     assert outcome.status == "delivered", outcome.reason
     record = record_of(strict, tenant)
-    assert json.loads(record.props["RowSettings"])["policy"] == "report" and record.props["SchemaDrift"] is True
+    assert json.loads(record.row_settings)["policy"] == "report" and record.schema_drift is True
     [complete] = [m for m in strict.messages() if m["type"] == "complete"]
     assert complete["schema"]["drift"] is True and complete["rows"] == 30

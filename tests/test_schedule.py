@@ -24,6 +24,7 @@ from azure.functions.timer import TimerRequest
 
 import shared.runtime
 from devtools.azurite import Azurite
+from devtools.clock import ManualClock
 from devtools.datafactory_standin import DataFactoryStandIn
 from shared.ingest import ingest_metadata_blob
 from shared.runs import (
@@ -216,8 +217,8 @@ def test_start_runs_posts_create_run_per_tenant_with_exact_path_and_parameters(s
         run_id = outcomes[tenant.tenant_id].run_id
         assert record.run_id == run_id and run_id in sched.adf.runs
         assert record.status == "Queued" and record.started_at == MONDAY
-        assert record.props["Watch"] is True and record.props["Trigger"] == "schedule"
-        assert json.loads(record.props["Parameters"]) == sched.adf.runs[run_id].parameters
+        assert record.watch is True and record.trigger == "schedule"
+        assert json.loads(str(record.parameters)) == sched.adf.runs[run_id].parameters
     assert sched.ledger.list_runs(custom.tenant_id)[0].factory.factory_name == "adf-eu"
     assert sched.delays == []
 
@@ -319,7 +320,7 @@ def test_one_tenant_failing_never_stops_the_others(sched: Schedule, caplog: pyte
     assert sched.delays == []  # a 400 is not retried
     [failed] = sched.ledger.list_runs(bad.tenant_id)
     assert failed.status == START_FAILED and failed.run_id == outcomes[bad.tenant_id].run_id
-    assert "Office365 consent missing" in failed.message and failed.props["Watch"] is False
+    assert "Office365 consent missing" in failed.message and failed.watch is False
     assert any(bad.tenant_id in r.getMessage() and "NOT started" in r.getMessage() for r in caplog.records)
     for good in (good_a, good_b):
         [record] = sched.ledger.list_runs(good.tenant_id)
@@ -408,15 +409,15 @@ def test_follow_records_succeeded_failed_and_cancelled_with_messages(
     failed = ledger.get(broken.tenant_id, runs[broken.tenant_id])
     cancelled = ledger.get(stopped.tenant_id, runs[stopped.tenant_id])
     assert succeeded and failed and cancelled
-    assert (succeeded.status, succeeded.props["Watch"]) == ("Succeeded", True)  # still waiting for its drop
-    assert (failed.status, failed.message, failed.props["Watch"]) == ("Failed", failure, False)
-    assert (cancelled.status, cancelled.message, cancelled.props["Watch"]) == (
+    assert (succeeded.status, succeeded.watch) == ("Succeeded", True)  # still waiting for its drop
+    assert (failed.status, failed.message, failed.watch) == ("Failed", failure, False)
+    assert (cancelled.status, cancelled.message, cancelled.watch) == (
         "Cancelled",
         "Cancelled by an operator",
         False,
     )
     for record in (succeeded, failed, cancelled):
-        assert record.run_end is not None and record.props["RunStart"] is not None
+        assert record.run_end is not None and record.run_start is not None
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "viva_relay"]
     assert errors == [f"pipeline run {runs[broken.tenant_id]} for tenant {broken.tenant_id} (Broken) FAILED: {failure}"]
 
@@ -436,12 +437,12 @@ def test_succeeded_run_without_a_drop_is_flagged_after_the_alert_time(
 
     soon = sched.follow(now=ended + timedelta(hours=23))[run_id]
     assert (soon.status, soon.event) == ("Succeeded", "succeeded") and "no drop yet" in soon.message
-    assert sched.ledger.get(tenant.tenant_id, run_id).props["NoDropAlert"] is False  # type: ignore[union-attr]
+    assert sched.ledger.get(tenant.tenant_id, run_id).no_drop_alert is False  # type: ignore[union-attr]
 
     late = sched.follow(now=ended + timedelta(hours=25))[run_id]
     assert late.event == "no_drop_alert"
     record = sched.ledger.get(tenant.tenant_id, run_id)
-    assert record is not None and record.props["NoDropAlert"] is True and record.props["Watch"] is False
+    assert record is not None and record.no_drop_alert is True and record.watch is False
     assert any(run_id in r.getMessage() and "no Metadata.json" in r.getMessage() for r in caplog.records)
     assert sched.follow(now=ended + timedelta(hours=26)) == {}
 
@@ -461,8 +462,8 @@ def test_succeeded_run_is_matched_to_its_drop_through_the_drop_ledger(sched: Sch
     assert outcome.event == "succeeded" and "is delivered" in outcome.message
     record = sched.ledger.get(tenant.tenant_id, run_id)
     assert record is not None
-    assert (record.props["DropId"], record.props["DropState"]) == (ingest.drop_id, "delivered")
-    assert record.props["NoDropAlert"] is False and record.props["Watch"] is False
+    assert (record.drop_id, record.drop_state) == (ingest.drop_id, "delivered")
+    assert record.no_drop_alert is False and record.watch is False
 
 
 def test_run_unknown_to_data_factory_is_recorded_as_lost(sched: Schedule) -> None:
@@ -599,7 +600,7 @@ def test_runs_cli_start_and_follow_reach_the_stand_in_from_a_subprocess(sched: S
     [create] = sched.adf.requests_matching("/createRun")
     assert create.path == create_run_path() and create.body["RequestStartDate"] == "2024-01-01"
     [record] = sched.ledger.list_runs(tenant.tenant_id)
-    assert record.props["Trigger"] == "manual"
+    assert record.trigger == "manual"
 
     sched.adf.set_run_status(outcome["run_id"], "Failed", "Linked service Office365 failed")
     followed = cli("runs", "follow", "--json")
@@ -645,3 +646,19 @@ def test_test_token_is_refused_for_a_real_endpoint(
     assert main(["runs", "start"]) == 3
     assert "for local stand-ins only" in capsys.readouterr().err
     assert sched.adf.requests == []
+
+
+def test_start_and_follow_take_their_time_from_the_runtime_clock(sched: Schedule) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    sched.rt.clock = clock
+    tenant = sched.add("Clocked")
+    assert tenant.added_at == tenant.updated_at == clock()  # the registry asks the same clock
+    run_id = sched.start()[tenant.tenant_id].run_id
+    record = sched.ledger.get(tenant.tenant_id, run_id)
+    assert record is not None and record.started_at == clock()
+    sched.adf.set_run_status(run_id, "Succeeded")
+
+    assert sched.follow()[run_id].event == "succeeded"  # no drop yet, well inside the alert time
+    assert sched.ledger.get(tenant.tenant_id, run_id).last_checked_at == clock()  # type: ignore[union-attr]
+    clock.advance(hours=25)  # instead of waiting a day
+    assert sched.follow()[run_id].event == "no_drop_alert"

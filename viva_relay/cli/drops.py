@@ -16,6 +16,7 @@ from shared.cleanup import (
     cleanup_drops,
     delete_orphans,
 )
+from shared.droprecord import DROP_CODEC
 from shared.ledger import DELETING, STATES, DropRecord
 from shared.reprocess import reprocess_drop
 from shared.status import exit_code
@@ -102,18 +103,16 @@ def _shorten(text: str, width: int = REASON_WIDTH) -> str:
 
 
 def _state(record: DropRecord) -> str:
-    return f"{record.state}, {DELETING}" if record.props.get("DeletingOwner") else record.state
+    return f"{record.state}, {DELETING}" if record.deleting_owner else record.state
 
 
 def _reason(record: DropRecord) -> str:
-    p = record.props
-    return str(p.get("Reason") or p.get("CleanupNote") or p.get("DeleteReason") or "")
+    return record.reason or record.cleanup_note or record.delete_reason or ""
 
 
 def _drift(record: DropRecord) -> bool | None:
     """Whether the drop's rows drifted from the dataset's contract (None: not checked)."""
-    value = record.props.get("SchemaDrift")
-    return None if value is None else bool(value)
+    return record.schema_drift
 
 
 def _drift_note(record: DropRecord) -> str:
@@ -121,7 +120,7 @@ def _drift_note(record: DropRecord) -> str:
     if not _drift(record):
         return ""
     try:
-        findings = json.loads(str(record.props.get("SchemaReport") or "{}")).get("findings", [])
+        findings = json.loads(record.schema_report or "{}").get("findings", [])
     except ValueError:
         findings = []
     checks = sorted({str(f.get("check")) for f in findings if isinstance(f, dict)})
@@ -132,15 +131,15 @@ def list_command(args: argparse.Namespace) -> int:
     """Print the drops as a table (or JSON)."""
     rt = common.runtime_from(args)
     records = list(rt.ledger.list(tenant=args.tenant.lower() if args.tenant else None, state=args.status))
-    records.sort(key=lambda r: (str(_text(r.props.get("FirstSeen", ""))), r.drop_id))
+    records.sort(key=lambda r: (str(_text(r.first_seen if r.first_seen is not None else "")), r.drop_id))
     rows = [
         {
             "drop id": r.drop_id,
             "tenant": r.tenant,
             "state": _state(r),
-            "rows": r.props.get("Rows", ""),
-            "messages": r.props.get("Messages", ""),
-            "first seen": _short_time(r.props.get("FirstSeen")),
+            "rows": "" if r.rows is None else r.rows,
+            "messages": "" if r.messages is None else r.messages,
+            "first seen": _short_time(r.first_seen),
             "reason": _shorten(_reason(r) or _drift_note(r)),
         }
         for r in records
@@ -152,12 +151,12 @@ def list_command(args: argparse.Namespace) -> int:
                 "drop_id": r.drop_id,
                 "tenant": r.tenant,
                 "state": r.state,
-                "deleting": bool(r.props.get("DeletingOwner")),
-                "rows": r.props.get("Rows"),
-                "rows_expected": r.props.get("RowsExpected"),
-                "messages": r.props.get("Messages"),
-                "first_seen": _text(r.props["FirstSeen"]) if r.props.get("FirstSeen") else None,
-                "reason_code": r.props.get("ReasonCode") or None,
+                "deleting": bool(r.deleting_owner),
+                "rows": r.rows,
+                "rows_expected": r.rows_expected,
+                "messages": r.messages,
+                "first_seen": _text(r.first_seen) if r.first_seen else None,
+                "reason_code": r.reason_code or None,
                 "reason": _reason(r) or None,
                 "location": r.location.url_path,
                 "schema_drift": _drift(r),
@@ -181,8 +180,9 @@ def show_command(args: argparse.Namespace) -> int:
         "tenant": record.tenant,
         "state": _state(record),
         "location": record.location.url_path,
-    } | {key: _text(record.props[key]) for key in sorted(record.props) if record.props[key] is not None}
-    for key in ("SchemaReport", "RowSettings"):  # JSON held as text: shown as JSON
+    } | {key: _text(value) for key, value in sorted(record.columns().items())}
+    # JSON held as text: shown as JSON
+    for key in (DROP_CODEC.column("schema_report"), DROP_CODEC.column("row_settings")):
         if isinstance(doc.get(key), str):
             doc[key] = json.loads(doc[key])
     print(json.dumps(doc, indent=2, default=str))

@@ -42,7 +42,7 @@ def _key_days(t: TenantHealth) -> str | int:
 
 def _row(t: TenantHealth) -> dict[str, Any]:
     run, drop = t.last_run, t.last_drop
-    rows = drop.props.get("Rows") if drop is not None else None
+    rows = drop.rows if drop is not None else None
     drop_text = "-"
     if drop is not None:
         drop_text = f"{drop.state}{f' {rows}r' if rows is not None else ''} {_day(drop_time(drop))}"
