@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# pytest worker processes: most tests wait on Azurite, PostgreSQL or a CLI subprocess, so several run at once.
+TEST_WORKERS ?= auto
 
 .PHONY: help install postgres demo dev dev-down test lint typecheck iac unit bench bench-smoke mutate clean
 
@@ -56,7 +58,7 @@ iac: $(CHECKOV_STAMP)
 	LOG_LEVEL=ERROR $(CHECKOV_VENV)/bin/checkov --config-file infra/.checkov.yaml --quiet --compact
 
 unit: install postgres
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test: install lint typecheck iac unit
 

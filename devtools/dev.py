@@ -109,7 +109,7 @@ def up(
     """Start Azurite and the local services (unless running) and write the settings file; returns the settings.
 
     ``usual_ports=False`` always takes free ports (tests, beside a developer's own ``make dev``);
-    ``step_seconds`` is how long a pipeline run stays Queued, and at least InProgress.
+    ``step_seconds`` is the longest a pipeline run stays Queued, and InProgress after its copy, unread.
     """
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """A small HTTP proxy on loopback that injects faults between a real client and a real server.
 
 Used by the fault-injection tests in front of Azurite: it answers chosen requests with an error
-status (a throttling 503, say) without forwarding them, or forwards a request and cuts the
-response's body after some bytes (a download broken mid-stream). Everything else is relayed as is.
+status (a throttling 503, say) without forwarding them, forwards a request and cuts the
+response's body after some bytes (a download broken mid-stream), or holds a request until released
+(a stalled put). Everything else is relayed as is.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import http.client
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
@@ -22,13 +23,15 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encodin
 class Rule:
     """One injected fault: applies to the next ``remaining`` matching requests."""
 
-    action: str  # "status" | "cut"
+    action: str  # "status" | "cut" | "hold"
     remaining: int
     method: str = ""
     path_contains: str = ""
     status: int = 503
     after_bytes: int = 0
     hits: int = 0
+    #: For "hold": the request is forwarded once this is set (a put that stalls, then completes).
+    release: threading.Event = field(default_factory=threading.Event)
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -85,6 +88,8 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
+                if rule is not None and rule.action == "hold":
+                    rule.release.wait(60)
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 upstream.request(self.command, self.path, body=body or None, headers=headers)
@@ -138,6 +143,13 @@ class FaultProxy:
     def cut_next(self, count: int, after_bytes: int, *, method: str = "GET", path_contains: str = "") -> Rule:
         """Forward the next ``count`` matching requests but cut each response body after ``after_bytes``."""
         rule = Rule("cut", count, method, path_contains, after_bytes=after_bytes)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def hold_next(self, count: int, *, method: str = "", path_contains: str = "") -> Rule:
+        """Hold the next ``count`` matching requests until ``rule.release`` is set, then forward them."""
+        rule = Rule("hold", count, method, path_contains)
         with self._lock:
             self.rules.append(rule)
         return rule

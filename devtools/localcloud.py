@@ -65,7 +65,8 @@ class LocalCloud:
     :param connection_string: Azurite's connection string (landing and relay storage).
     :param landing_container: where the pipeline writes its drops.
     :param rows: rows per pipeline drop.
-    :param step_seconds: how long a run stays Queued (and then InProgress at least as long as the copy).
+    :param step_seconds: the longest a run stays Queued, and InProgress after its copy, when no one reads it
+        (a read of the run moves it on: see :class:`~devtools.mgdc_pipeline.MgdcPipelineStandIn`).
     :param state_dir: where the CA bundle is written (default: a temporary folder removed on close).
     """
 

@@ -67,7 +67,10 @@ class MgdcPipelineStandIn(DataFactoryStandIn):
     :param landing: the landing container (a ``ContainerClient``) the pipeline copies into.
     :param public_key_of: the tenant's public key and version (the local Key Vault).
     :param rows: rows per drop.
-    :param step_seconds: how long a run stays ``Queued`` before it starts copying.
+    :param step_seconds: the longest a run stays ``Queued``, and ``InProgress`` after its copy, when no
+        one reads it. A follower's ``GET`` of the run moves it on at once: each status is shown to the
+        first read after it is set, so a follower sees every status without anyone waiting out a
+        fixed time, however slow the machine.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class MgdcPipelineStandIn(DataFactoryStandIn):
         self.rows = rows
         self.step_seconds = step_seconds
         self.workers: list[threading.Thread] = []
+        self._read = threading.Condition(self._state_lock)  # notified on every GET of a run
 
     def _create_run(self, m: Any, request: RecordedRequest) -> Reply:
         reply = super()._create_run(m, request)
@@ -101,14 +105,32 @@ class MgdcPipelineStandIn(DataFactoryStandIn):
         for worker in list(self.workers):
             worker.join(max(0.0, deadline - time.monotonic()))
 
-    def _set(self, run_id: str, status: str, message: str = "") -> None:
+    def _set(self, run_id: str, status: str, message: str = "") -> int:
+        """Set the run's status; the number of reads of the run so far."""
         with self._state_lock:
-            self.runs[run_id].set_status(status, message)
+            run = self.runs[run_id]
+            run.set_status(status, message)
+            return run.gets
+
+    def _get_run(self, m: Any) -> Reply:
+        reply = super()._get_run(m)
+        with self._read:
+            self._read.notify_all()
+        return reply
+
+    def _shown_after(self, run_id: str, reads: int) -> None:
+        """Return once the run was read after its ``reads``-th read, or ``step_seconds`` passed."""
+        deadline = time.monotonic() + self.step_seconds
+        with self._read:
+            while self.runs[run_id].gets <= reads and (left := deadline - time.monotonic()) > 0:
+                self._read.wait(left)
 
     def _execute(self, run_id: str) -> None:
         """Queued → InProgress (copy the drop) → Succeeded, or Failed with the reason."""
-        time.sleep(self.step_seconds)
-        self._set(run_id, "InProgress")
+        with self._state_lock:
+            queued_reads = self.runs[run_id].gets
+        self._shown_after(run_id, queued_reads)
+        started_reads = self._set(run_id, "InProgress")
         with self._state_lock:
             run = self.runs[run_id]
             params = dict(run.parameters)
@@ -135,13 +157,12 @@ class MgdcPipelineStandIn(DataFactoryStandIn):
                 "DataFactoryName": factory,
             },
         )
-        copy_started = time.monotonic()
         try:
             simulate_drop(writer, tenant_id=tenant, public_key=public, key_version=version, rows=self.rows)
         except Exception as exc:
             self._set(run_id, "Failed", f"Operation on target CopyPersonReport failed: {exc}")
             return
-        # A real copy takes minutes: stay InProgress at least one step, so a follower sees every status.
-        time.sleep(max(0.0, self.step_seconds - (time.monotonic() - copy_started)))
+        # A real copy takes minutes: stay InProgress until a follower has seen it (or a step passed).
+        self._shown_after(run_id, started_reads)
         log.info("pipeline run %s wrote its drop at %s", run_id, root)
         self._set(run_id, "Succeeded")

@@ -182,8 +182,10 @@ class QueueSink(PackedSink):
         self.queue = queue
         self.time_to_live = time_to_live
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="queue-put")
-        self._slots = threading.BoundedSemaphore(concurrency * 2)
+        self._window = concurrency * 2
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # notified when a put ends
+        self._outstanding = 0  # puts submitted and not yet ended
         self._error: BaseException | None = None
         self._inflight: set[Future[None]] = set()
         self._sent = 0
@@ -207,7 +209,15 @@ class QueueSink(PackedSink):
             else:
                 self._sent += 1
                 self._mark.ack(message.seq, message.first_row + message.row_count)
-        self._slots.release()
+            self._outstanding -= 1
+            self._room.notify_all()
+
+    def _has_room_for(self, message: Message) -> bool:
+        # The window bounds what runs ahead of the watermark, not only what is in flight: behind one
+        # stalled put, later ones must not race on, or a resume would re-send more than the window.
+        return self._error is not None or (
+            self._outstanding < self._window and message.seq - self._mark.seq <= self._window
+        )
 
     def _raise_if_failed(self) -> None:
         err = self._error
@@ -224,13 +234,18 @@ class QueueSink(PackedSink):
         raise TransientError(f"queue put failed: {type(err).__name__}: {err}") from err
 
     def put(self, message: Message) -> None:
-        """Submit a put; blocks while the in-flight window is full; raises an earlier failure."""
+        """Submit a put; blocks while the window is full (see :meth:`_has_room_for`); raises an earlier failure."""
         self._raise_if_failed()
-        self._slots.acquire()
+        with self._room:
+            self._room.wait_for(lambda: self._has_room_for(message))
+        self._raise_if_failed()
+        with self._lock:
+            self._outstanding += 1
         try:
             future = self._submit(message)
         except BaseException:
-            self._slots.release()
+            with self._lock:
+                self._outstanding -= 1
             raise
         with self._lock:
             self._inflight.add(future)

@@ -34,18 +34,37 @@ os.environ["VIVA_RELAY_SETTINGS"] = "none"
 FAULT_REPORTS: list[str] = []
 #: Lines the simulated-fleet health test reports (injected, reported, false alarms, missed).
 FLEET_REPORTS: list[str] = []
+#: Where each list's lines are shown at the end of the run.
+SUMMARY_SECTIONS = {"fault injection": FAULT_REPORTS, "fleet health": FLEET_REPORTS}
+#: The lines gathered from every test's report, by section (in the process that prints the summary).
+_SUMMARY: dict[str, list[str]] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Carry the lines a test reported on its report: with ``-n``, tests run in worker processes."""
+    report = yield
+    if call.when == "teardown":
+        for section, lines in SUMMARY_SECTIONS.items():
+            report.user_properties.extend((section, line) for line in lines)
+            del lines[:]
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Gather the reported lines, from this process or from a worker."""
+    for section, line in report.user_properties:
+        if section in SUMMARY_SECTIONS:
+            _SUMMARY.setdefault(section, []).append(str(line))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Show the fault-injection counts at the end of every run, not only with -s."""
-    if FAULT_REPORTS:
-        terminalreporter.section("fault injection")
-        for line in FAULT_REPORTS:
-            terminalreporter.write_line(line)
-    if FLEET_REPORTS:
-        terminalreporter.section("fleet health")
-        for line in FLEET_REPORTS:
-            terminalreporter.write_line(line)
+    """Show the fault-injection and fleet counts at the end of every run, not only with -s."""
+    for section in SUMMARY_SECTIONS:
+        if _SUMMARY.get(section):
+            terminalreporter.section(section)
+            for line in _SUMMARY[section]:
+                terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

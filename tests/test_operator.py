@@ -37,7 +37,7 @@ from shared.sources import BlobDropSource
 from shared.tenants import Tenant
 from tests.conftest import Relay, make_relay
 from viva_relay.cli import common
-from viva_relay.cli.main import build_parser
+from viva_relay.cli.main import COMMANDS, build_parser, command_of
 
 SUB = "5b0f7a61-2c4d-4e8f-9a1b-3c5d7e9f1a2b"
 
@@ -58,7 +58,7 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
 def cloud(azurite: Azurite) -> Iterator[LocalCloud]:
     """Key Vault and the MGDC-like Data Factory on the session's Azurite, in a container of their own."""
     container = f"landing-{uuid.uuid4().hex[:10]}"
-    with LocalCloud(azurite.connection_string, landing_container=container, rows=3000, step_seconds=1.5) as c:
+    with LocalCloud(azurite.connection_string, landing_container=container, rows=3000, step_seconds=60) as c:
         yield c
 
 
@@ -134,8 +134,10 @@ def test_a_run_for_a_tenant_without_a_key_fails_naming_the_key(cloud: LocalCloud
     )
     tenant = str(uuid.uuid4())
     run_id = client.pipelines.create_run("rg", "f", "p", parameters={"TenantId": tenant}).run_id
-    cloud.factory.wait_idle()
     run = client.pipeline_runs.get("rg", "f", run_id)
+    while run.status in ("Queued", "InProgress"):  # each read moves the run on, as a follower's would
+        time.sleep(0.05)
+        run = client.pipeline_runs.get("rg", "f", run_id)
     assert run.status == "Failed" and f"public key '{tenant}'" in (run.message or "")
 
 
@@ -378,3 +380,25 @@ def test_make_devs_settings_with_its_services_stopped_say_so(tmp_path: Path) -> 
     done = cli("drops", "list", "--settings", str(tmp_path / "local.settings.json"))
     assert done.returncode == 4, done.stderr
     assert "its local services are not running (start them with `make dev`)" in done.stderr
+
+
+def test_each_command_alone_parses_as_in_the_whole_tree() -> None:
+    """A run builds only its own command's parser: it must be the same tree as the whole CLI's."""
+
+    def shape(parser: argparse.ArgumentParser) -> list[tuple[str, ...]]:
+        return sorted(
+            (" ".join(path), *sorted(o for a in p._actions for o in a.option_strings)) for path, p, _ in walk(parser)
+        )
+
+    def walk(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[Any]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield (*prefix, name), child, None
+                    yield from walk(child, (*prefix, name))
+
+    whole = shape(build_parser())
+    alone = sorted(line for command in COMMANDS for line in shape(build_parser(command)))
+    assert alone == whole and {path.split()[0] for path, *_ in whole} == set(COMMANDS)
+    assert command_of(["-v", "drops", "list"]) == "drops" and command_of(["--help"]) is None
+    assert command_of(["no-such-command"]) is None  # the whole tree, for argparse's list of choices

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -11,13 +12,31 @@ from shared import __version__
 from shared.errors import ConfigError
 from shared.runtime import TEST_TOKEN_SETTING
 
-from . import common, consent, consume, drop, drops, keys, runs, status, tenants
+from . import common
 
-GROUPS = (drop, keys, consent, drops, runs, tenants, status, consume)
+#: Each top-level command and the module that defines it, in ``--help`` order. A run imports only its
+#: own command's module (and the SDKs that one needs): ``drops list`` does not pay for PostgreSQL's driver.
+COMMANDS: dict[str, str] = {
+    "drop": "drop",
+    "keys": "keys",
+    "consent-link": "consent",
+    "drops": "drops",
+    "runs": "runs",
+    "tenants": "tenants",
+    "status": "status",
+    "consume": "consume",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command tree."""
+def command_of(argv: Sequence[str]) -> str | None:
+    """The top-level command ``argv`` runs, or None (no command, ``--help``, or an unknown one)."""
+    # The top-level options take no values, so the first word that is not an option is the command.
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command tree: every command, or with ``only`` that one command's (what a run of it needs)."""
     parser = argparse.ArgumentParser(
         prog="viva-relay",
         description="Operate Viva Relay: tenant keys, consent links, drops, pipeline runs.",
@@ -31,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="log what Viva Relay does (to stderr); -vv also logs the Azure SDK's HTTP requests",
     )
     sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for group in GROUPS:
-        group.register(sub)
+    for command, module in COMMANDS.items():
+        if only in (None, command):
+            importlib.import_module(f"{__package__}.{module}").register(sub)
     return parser
 
 
@@ -52,8 +72,9 @@ def configure_logging(verbosity: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    parser = build_parser()
-    if not (sys.argv[1:] if argv is None else list(argv)):
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(words))
+    if not words:
         parser.print_help()
         return common.EXIT_OK
     args = parser.parse_args(argv)
