@@ -316,7 +316,12 @@ class RowTransformer(RowStage):
             return self._whole_row(line, index)
         # Only the kept columns are read, lazily (a lookup of an absent key is slow in simdjson, so
         # presence is learnt from KeyError).
-        doc: Any = self._parser.parse(line)
+        try:
+            doc: Any = self._parser.parse(line)
+        except (ValueError, RuntimeError):
+            # Valid JSON simdjson cannot represent (an integer beyond 64 bits, 1e400): the validator
+            # accepted it on its slow path, so read it as the standard library does.
+            doc = json.loads(line)
         parts = []
         try:
             for name, prefix, emit in self._plan:
@@ -371,8 +376,8 @@ class RowTransformer(RowStage):
                     picked.append(values)
                 finally:
                     del doc
-        except KeyError:
-            return None
+        except (KeyError, ValueError, RuntimeError):
+            return None  # a kept column is absent, or a row simdjson cannot represent: row by row
         if len(self._plan) == 1:
             picked = [(v,) for v in picked]
         return self._assemble(picked, start)

@@ -68,3 +68,31 @@ def test_fail_policy_stops_at_the_first_value_that_cannot_be_converted() -> None
     rows = [{"Email hours": "1"}, {"Email hours": "lots"}]
     with pytest.raises(SchemaViolation, match="row 2"):
         run(rows * 3, typed=True, columns=("Email hours",), policy="fail")
+
+
+def test_integers_beyond_64_bits_are_transformed_like_any_valid_row() -> None:
+    """simdjson cannot hold such a number; the validator accepts the row, so the transform must too."""
+    from shared.bytepath import RowValidator
+    from shared.contract import CheckingValidator, ContractCheck
+    from tests.test_contract import metadata
+
+    huge = 123456789012345678901234567890
+    rows: list[dict[str, Any]] = [
+        {"PersonId": "p", "MetricDate": "2025-03-02", "Meetings": "2", "Email hours": huge, "z": huge},
+        {"PersonId": "q", "MetricDate": "2025-03-09", "Meetings": huge, "Email hours": "1.5", "z": 1},
+    ]
+    lines = [json.dumps(r).encode() for r in rows]
+    columns = ("PersonId", "MetricDate", "Meetings", "Email hours")
+    for kept in (columns, ()):
+        settings = RowSettings(typed=True, columns=kept, pseudonymise=True)
+        alone = RowTransformer(PERSON_REPORT, settings, Pseudonymiser(SECRET, "v1"))
+        fused = RowTransformer(PERSON_REPORT, settings, Pseudonymiser(SECRET, "v1"))
+        check = ContractCheck(metadata())
+        validators = (RowValidator(), CheckingValidator(check, stages=[fused]))
+        outputs = [t.process(v.validate(list(lines))) for t, v in zip((alone, fused), validators, strict=True)]
+        assert outputs[0] == outputs[1]
+        out = [json.loads(line) for line in outputs[0]]
+        assert out[0]["Email hours"] == huge and out[1]["Meetings"] == huge
+        assert out[0]["Meetings"] == 2 and out[1]["Email hours"] == 1.5
+        assert out[0]["PersonId"] == Pseudonymiser(SECRET, "")("p")
+        assert ("z" in out[0]) is (not kept)
