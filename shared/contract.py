@@ -411,6 +411,13 @@ class ContractCheck:
         self._count_one(date, person, index)
         self.rows = index + 1
 
+    def next_full(self, index: int) -> int:
+        """The first row position at or after ``index`` fully checked for its position alone."""
+        if index < FULL_CHECK_ROWS:
+            return index
+        every = self.sample_every
+        return -(-index // every) * every
+
     def _count_one(self, date: Any, person: Any, index: int) -> None:
         """Count one row's date (for the window) and (person, date) pair (for duplicates)."""
         if self._date:
@@ -685,6 +692,16 @@ def plain_copy(value: Any) -> Any:
     return value
 
 
+def _copy_containers(picked: list[tuple[Any, ...]]) -> bool:
+    """Replace nested values of the last picked row by plain copies (they must not outlive the
+    parser's next row); False when it held none."""
+    last = picked[-1] if picked else ()
+    if _CONTAINER_TYPES.isdisjoint(map(type, last)):
+        return False
+    picked[-1] = tuple(map(plain_copy, last))
+    return True
+
+
 class CheckingValidator(RowValidator):
     """Row validation that also shows each parsed row to a :class:`ContractCheck` (one parse per row)."""
 
@@ -698,12 +715,26 @@ class CheckingValidator(RowValidator):
         first = stages[0] if stages else None
         self._pick: Callable[[Any], tuple[Any, ...]] | None = getattr(first, "pick", None)
         self._taker = first if self._pick is not None else None
+        columns = tuple(getattr(first, "pick_columns", ())) if self._pick is not None else ()
+        #: Where the picked tuple holds a column: the date and person are then read from it.
+        self._picked_at = {name: i for i, name in enumerate(columns)}
+
+    def _keys(self, pick: bool) -> tuple[str, str, int, int]:
+        """The date and person keys of the check now, and their places in a picked row (-1: none)."""
+        c = self.check
+        date_at = self._picked_at.get(c._date_key, -1) if pick and c._date_key else -1
+        person_at = self._picked_at.get(c._person_key, -1) if pick and c._person_key else -1
+        if date_at < 0 or person_at < 0:
+            date_at = person_at = -1
+        return c._date_key, c._person_key, date_at, person_at
 
     def validate(self, lines: list[bytes]) -> list[bytes]:
         """Validate as :class:`RowValidator` does, observing every row.
 
-        Rows that need no full check only have their date and person read here; those are counted
-        a batch at a time (:meth:`ContractCheck.take`).
+        Rows that need no full check only have their date and person read here (from the picked
+        columns when the stage keeps them); those are counted a batch at a time
+        (:meth:`ContractCheck.take`). The check's state is read into locals once and again only
+        after a row it looks at in full.
         """
         if not lines:
             return lines
@@ -711,17 +742,26 @@ class CheckingValidator(RowValidator):
         object_type = simdjson.Object
         c = self.check
         observe = c.observe
-        every = c.sample_every
         dates: list[Any] = []
         persons: list[Any] = []
         where: list[int] = []
-        date_key, person_key = c._date_key, c._person_key
-        done = 0
+        start = i = c.rows
+        next_full = c.next_full(i)
+        width, nulls = c._last_width, c._null_candidates
         pick = self._pick
+        date_key, person_key, date_at, person_at = self._keys(pick is not None)
         picked: list[tuple[Any, ...]] = []
+        values: tuple[Any, ...] = ()
         try:
             for line in lines:
-                doc = parse(line)
+                try:
+                    doc = parse(line)
+                except RuntimeError:
+                    # The last picked row's nested values still point into the parser: copy them
+                    # (checked here, not on every row: rows with nested kept values are rare).
+                    if not _copy_containers(picked):
+                        raise
+                    doc = parse(line)
                 if type(doc) is not object_type:
                     break
                 if pick is not None:
@@ -729,37 +769,48 @@ class CheckingValidator(RowValidator):
                         values = pick(doc)
                     except KeyError:  # a kept column is absent: the stage reads this batch itself
                         pick = None
+                        date_at = person_at = -1
                     else:
-                        if not _CONTAINER_TYPES.isdisjoint(map(type, values)):
-                            values = tuple(map(plain_copy, values))  # must not outlive the parser's row
                         picked.append(values)
-                i = c.rows
-                if i < FULL_CHECK_ROWS or len(doc) != c._last_width or i % every == 0 or c._null_candidates:
+                if i == next_full or len(doc) != width or nulls:
+                    c.rows = i
                     observe(doc, line)
-                    date_key, person_key = c._date_key, c._person_key
+                    width, nulls = c._last_width, c._null_candidates
+                    date_key, person_key, date_at, person_at = self._keys(pick is not None)
+                    if i == next_full:
+                        next_full = c.next_full(i + 1)
+                elif date_at >= 0:
+                    dates.append(values[date_at])
+                    persons.append(values[person_at])
+                    where.append(i)
                 else:
                     try:
                         date = doc[date_key] if date_key else None
                         person = doc[person_key] if person_key else None
                     except KeyError:  # the same width but other columns
+                        c.rows = i
                         observe(doc, line)
-                        date_key, person_key = c._date_key, c._person_key
+                        width, nulls = c._last_width, c._null_candidates
+                        date_key, person_key, date_at, person_at = self._keys(pick is not None)
                     else:
                         dates.append(date)
                         persons.append(person)
                         where.append(i)
-                        c.rows = i + 1
+                i += 1
                 del doc  # the parser can only be reused once no object of it is alive
-                done += 1
         except (ValueError, RuntimeError, UnicodeDecodeError):
             pass  # the slow path names the bad row, or accepts what simdjson cannot represent
+        c.rows = i
         if where:
             c.take(dates, persons, where)
+        done = i - start
         self.rows += done
         if done == len(lines):
             if pick is not None and self._taker is not None:
+                _copy_containers(picked)  # the last row's nested values outlive this parse
                 self._taker.hand_over(lines, picked)
             return lines
+        del picked, values, dates, persons  # nothing of the parser may stay alive for the slow path
         rest = self._slow(lines[done:])
         for line in rest:
             observe(json.loads(line), line)

@@ -262,6 +262,7 @@ class RowTransformer(RowStage):
         #: For the validator: reads the kept columns of a parsed row, so the row need not be parsed
         #: again here (:meth:`hand_over`). Only for two columns or more (itemgetter then gives a tuple).
         self.pick: Callable[[Any], tuple[Any, ...]] | None = self._pick if len(self._plan) > 1 else None
+        self.pick_columns: tuple[str, ...] = settings.columns  # what :attr:`pick` reads, in order
         self._handed: tuple[list[bytes], list[tuple[Any, ...]]] | None = None
 
     def _emitter(self, name: str) -> tuple[str, Emitter]:
