@@ -272,6 +272,35 @@ class _Pairs:
 
     def extend(self, keys: list[int], rows: list[int]) -> None:
         """A batch of pairs (hashes) at row positions ``rows``."""
+        if self.level or self.held + len(keys) >= self.limit or 0 in keys:
+            self._extend_watched(keys, rows)
+            return
+        # The common case, in as few steps a pair as possible: the table cannot fill up in this batch.
+        table, mask = self.table, self.mask
+        repeats = 0
+        for j, key in enumerate(keys):
+            i = key & mask
+            found = table[i]
+            if not found:
+                table[i] = key
+                continue
+            while found and found != key:
+                i = (i + 1) & mask
+                found = table[i]
+            if found:
+                repeats += 1
+                self._repeat(rows[j])
+            else:
+                table[i] = key
+        self.held += len(keys) - repeats
+
+    def _repeat(self, row: int) -> None:
+        self.count += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(row)
+
+    def _extend_watched(self, keys: list[int], rows: list[int]) -> None:
+        """:meth:`extend` one pair at a time: a pair 0, a table that may fill up, or a share watched."""
         table, mask, limit, held = self.table, self.mask, self.limit, self.held
         select = (1 << self.level) - 1
         for pair, row in zip(keys, rows, strict=True):
@@ -284,9 +313,7 @@ class _Pairs:
                 i = (i + 1) & mask
                 found = table[i]
             if found:
-                self.count += 1
-                if len(self.examples) < MAX_EXAMPLES:
-                    self.examples.append(row)
+                self._repeat(row)
             else:
                 table[i] = key
                 held += 1
