@@ -96,3 +96,14 @@ def test_integers_beyond_64_bits_are_transformed_like_any_valid_row() -> None:
         assert out[0]["Meetings"] == 2 and out[1]["Email hours"] == 1.5
         assert out[0]["PersonId"] == Pseudonymiser(SECRET, "")("p")
         assert ("z" in out[0]) is (not kept)
+
+
+@pytest.mark.parametrize("secret", [SECRET, b"s" * 16, bytes(range(64)), bytes(range(200)) * 3])
+def test_pseudonyms_are_hmac_sha256_of_the_trimmed_lower_cased_identifier(secret: bytes) -> None:
+    import hashlib
+    import hmac
+
+    pseudonym = Pseudonymiser(secret, "v1")
+    for value in ("A-1", " Zoë@Example.com ", "", "0449a096-91a3-54ce-8018-2661a2692b97"):
+        expected = hmac.new(secret, value.strip().lower().encode("utf-8"), hashlib.sha256).hexdigest()
+        assert pseudonym(value) == expected
