@@ -160,6 +160,8 @@ _NUMBER = r"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][-+]?+[0-9]++)?+"
 _JSON_NUMBER = re.compile(_NUMBER).fullmatch
 #: Many numbers at once, one a line: one regex pass over a column instead of a call per value.
 _JSON_NUMBERS = re.compile(f"(?:{_NUMBER}\n)*+{_NUMBER}").fullmatch
+#: Characters no JSON number holds that could make a list of values parse as something else.
+_NOT_IN_NUMBERS = ('"', "[", "]", "{", "}", "t", "f", "n", ":", " ", "\t", "\n", "\r")
 _BOOLEAN_JSON: dict[Any, str] = {k: "true" if v else "false" for k, v in _BOOLEANS.items()}
 _BOOLEAN_JSON.update({True: "true", False: "false"})  # also the ints 1 and 0, which hash alike
 
@@ -259,6 +261,7 @@ class RowTransformer(RowStage):
         self._pseudonym = pseudonymiser
         self._identifiers = frozenset(self.contract.identifier_columns if self.contract else ())
         self._parser = simdjson.Parser()
+        self._numbers = simdjson.Parser()  # for :meth:`_all_json_numbers` only
         self._rows = 0
         self._unconverted: dict[str, _Unconverted] = {}
         self._emitters: dict[str, tuple[str, Emitter]] = {}
@@ -411,9 +414,12 @@ class RowTransformer(RowStage):
         """Every value of one column as JSON text; the common cases without a Python call per value."""
         kinds = set(map(type, values))
         if emit is _double_json and kinds == {str}:
-            joined = "\n".join(values)
-            # (A value holding a line break would pass as two numbers: the count rules that out.)
-            if _JSON_NUMBERS(joined) and joined.count("\n") == len(values) - 1:
+            spelled = self._all_json_numbers(values)
+            if spelled is None:  # simdjson cannot say (a number beyond its range): the regex decides
+                joined = "\n".join(values)
+                # (A value holding a line break would pass as two numbers: the count rules that out.)
+                spelled = bool(_JSON_NUMBERS(joined)) and joined.count("\n") == len(values) - 1
+            if spelled:
                 return list(values)  # numeric strings already spelled as JSON numbers
         if emit is _as_json and kinds == {str}:
             return list(map(_quote, values))
@@ -453,6 +459,26 @@ class RowTransformer(RowStage):
                 text = _as_json(value)
             out.append(text)
         return out
+
+    def _all_json_numbers(self, values: tuple[str, ...]) -> bool | None:
+        """Whether every value is spelled as a JSON number, by parsing them as one JSON array.
+
+        With no whitespace and no character that can start a string, array, object or literal, a
+        valid ``[v1,v2,...]`` holds only numbers; as many elements as values means no value held a
+        comma, so each value is exactly one number (simdjson follows the JSON grammar strictly).
+        None when simdjson refuses a number JSON allows (beyond its range): the caller decides.
+        """
+        joined = ",".join(values)
+        if any(c in joined for c in _NOT_IN_NUMBERS):
+            return False
+        try:
+            doc: Any = self._numbers.parse(("[" + joined + "]").encode())
+        except (ValueError, RuntimeError):
+            return None
+        try:
+            return len(doc) == len(values)
+        finally:
+            del doc
 
     @staticmethod
     def _cache_new(cache: dict[str, str], emit: Emitter, values: tuple[str, ...]) -> bool:

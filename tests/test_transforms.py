@@ -107,3 +107,21 @@ def test_pseudonyms_are_hmac_sha256_of_the_trimmed_lower_cased_identifier(secret
     for value in ("A-1", " Zoë@Example.com ", "", "0449a096-91a3-54ce-8018-2661a2692b97"):
         expected = hmac.new(secret, value.strip().lower().encode("utf-8"), hashlib.sha256).hexdigest()
         assert pseudonym(value) == expected
+
+
+def test_numbers_are_kept_as_spelled_exactly_when_json_would_read_them_as_numbers() -> None:
+    """The batch check (all values parsed as one JSON array) agrees with the JSON grammar on every value."""
+    import re
+
+    number = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?").fullmatch
+    odd = ["1", "-0", "0.5", "1E+5", "2e-3", "1e400", "123456789012345678901234567890", "01", "1.", ".5", "+1",
+           "-", "", " 1", "1 ", "1,2", "1\n2", "NaN", "Infinity", "1e", "1.5E", "0x10", "1_000", "١", "[1]", '"1"',
+           "true", "1]", "[2", "1.0.0", "--1", "1e5.5"]  # fmt: skip
+    columns = ("Email hours", "Meetings")
+    for value in odd:
+        for batch in ([value], ["7", value, "8"], [value] * 3):
+            rows = [{"Email hours": v, "Meetings": "3"} for v in batch]
+            transformer = RowTransformer(PERSON_REPORT, RowSettings(typed=True, columns=columns))
+            out = transformer.process([json.dumps(r).encode() for r in rows])
+            spelled = number(value) is not None
+            assert (out[batch.index(value)].startswith(b'{"Email hours":' + value.encode() + b",")) is spelled, value
