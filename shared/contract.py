@@ -786,6 +786,7 @@ class CheckingValidator(RowValidator):
                 except RuntimeError:
                     # The last picked row's nested values still point into the parser: copy them
                     # (checked here, not on every row: rows with nested kept values are rare).
+                    values = ()
                     if not _copy_containers(picked):
                         raise
                     doc = parse(line)
