@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import re
 from array import array
 from collections import Counter
@@ -28,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from itertools import islice
 from typing import Any
 
 import simdjson
@@ -230,45 +228,120 @@ class _ColumnStats:
 _KIND = {str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
-class _Pairs:
-    """The hash of every row's (person, date) pair and its row, 16 bytes a row.
+#: Most slots of the duplicate-pair table (8 bytes each: 8 MiB). The table never grows past this,
+#: whatever the drop's size; it is kept at most half full (see :class:`_Pairs`).
+PAIR_SLOTS = 1 << 20
+_ZEROS = array("q", [0]) * 4096
 
-    Duplicates are found once, at the end, by sorting: a set of Python ints would hold about 80
-    bytes a row (some 28 MiB for a 1 GB drop), more than the rest of the byte path together.
+
+class _Pairs:
+    """The (person, date) pairs seen so far, as 64-bit hashes in an open-addressing table of fixed size.
+
+    A repeat is found as its row arrives. The table is sized once, for the drop's row count, at most
+    :data:`PAIR_SLOTS` slots, and is never more than half full: up to ``PAIR_SLOTS // 2`` distinct pairs
+    (524,288, about 1.5 GB of the person report) every repeated pair is found. Past that the table is
+    thinned instead of grown: it keeps only the pairs whose hash falls in one half of the hash space
+    (then a quarter, ...), and only those are remembered from then on, so a repeat of a watched pair is
+    still found in any later row. :attr:`share` says which share of pairs was watched; the count is
+    then a lower bound (about ``count / share`` in all). The watched half depends on the process's
+    string hashing, so two attempts of such a drop may count differently; neither changes a row.
     """
 
-    def __init__(self) -> None:
-        self.hashes = array("q")
-        self.rows = array("q")
+    def __init__(self, expected_rows: int | None = None) -> None:
+        max_slots = PAIR_SLOTS
+        want = 2 * expected_rows if expected_rows else max_slots
+        slots = min(1024, max_slots)
+        while slots < want and slots < max_slots:
+            slots *= 2
+        self.table = array("q", [0]) * slots
+        self.mask = slots - 1
+        self.limit = slots // 2
+        self.held = 0
+        self.level = 0  # pairs watched: those whose selector bits (32 and up) are all zero
+        self.count = 0
+        self.examples: list[int] = []
+
+    @property
+    def share(self) -> float:
+        """The share of all pairs whose repeats are found (1.0: every one)."""
+        return 1.0 / (1 << self.level)
 
     def add(self, key: int, row: int) -> None:
         """One pair."""
-        self.hashes.append(key)
-        self.rows.append(row)
+        self.extend([key], [row])
 
     def extend(self, keys: list[int], rows: list[int]) -> None:
-        """A batch of pairs."""
-        self.hashes.extend(keys)
-        self.rows.extend(rows)
+        """A batch of pairs (hashes) at row positions ``rows``."""
+        if self.level or self.held + len(keys) >= self.limit or 0 in keys:
+            self._extend_watched(keys, rows)
+            return
+        # The common case, in as few steps a pair as possible: the table cannot fill up in this batch.
+        table, mask = self.table, self.mask
+        repeats = 0
+        for j, key in enumerate(keys):
+            i = key & mask
+            found = table[i]
+            if not found:
+                table[i] = key
+                continue
+            while found and found != key:
+                i = (i + 1) & mask
+                found = table[i]
+            if found:
+                repeats += 1
+                self._repeat(rows[j])
+            else:
+                table[i] = key
+        self.held += len(keys) - repeats
+
+    def _repeat(self, row: int) -> None:
+        self.count += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(row)
+
+    def _extend_watched(self, keys: list[int], rows: list[int]) -> None:
+        """:meth:`extend` one pair at a time: a pair 0, a table that may fill up, or a share watched."""
+        table, mask, limit, held = self.table, self.mask, self.limit, self.held
+        select = (1 << self.level) - 1
+        for pair, row in zip(keys, rows, strict=True):
+            if select and (pair >> 32) & select:
+                continue  # not in the watched share
+            key = pair or 1  # 0 marks an empty slot
+            i = key & mask
+            found = table[i]
+            while found and found != key:
+                i = (i + 1) & mask
+                found = table[i]
+            if found:
+                self._repeat(row)
+            else:
+                table[i] = key
+                held += 1
+                if held >= limit:
+                    self.held = held
+                    self._thin()
+                    held, select = self.held, (1 << self.level) - 1
+        self.held = held
+
+    def _thin(self) -> None:
+        """Watch half as many pairs: keep those whose next selector bit is zero, and re-insert them."""
+        self.level += 1
+        select = (1 << self.level) - 1
+        table = self.table
+        kept = array("q", (k for k in table if k and not (k >> 32) & select))
+        for start in range(0, len(table), len(_ZEROS)):
+            table[start : start + len(_ZEROS)] = _ZEROS[: len(table) - start]
+        mask = self.mask
+        for key in kept:
+            i = key & mask
+            while table[i]:
+                i = (i + 1) & mask
+            table[i] = key
+        self.held = len(kept)
 
     def duplicates(self) -> tuple[int, list[int]]:
         """How many rows repeat an earlier row's pair, and the first few of them."""
-        ordered = sorted(self.hashes)
-        count = sum(map(operator.eq, ordered, islice(ordered, 1, None)))
-        if not count:
-            return 0, []
-        repeated = {a for a, b in zip(ordered, islice(ordered, 1, None), strict=False) if a == b}
-        del ordered
-        seen: set[int] = set()
-        examples: list[int] = []
-        for key, row in zip(self.hashes, self.rows, strict=True):
-            if key in repeated:
-                if key in seen:
-                    examples.append(row)
-                    if len(examples) == MAX_EXAMPLES:
-                        break
-                seen.add(key)
-        return count, examples
+        return self.count, list(self.examples)
 
 
 class _Layout:
@@ -336,7 +409,7 @@ class ContractCheck:
         self._person_key = ""
         self._date_counts: Counter[Any] = Counter()
         self._date_first_row: dict[Any, int] = {}
-        self._pairs = _Pairs()
+        self._pairs = _Pairs(metadata.rows_expected)
         self.extra_findings: list[dict[str, Any]] = []
 
     # -- per row ---------------------------------------------------------------------------
@@ -364,6 +437,13 @@ class ContractCheck:
             person = source.get(self._person_key) if self._person_key else None
         self._count_one(date, person, index)
         self.rows = index + 1
+
+    def next_full(self, index: int) -> int:
+        """The first row position at or after ``index`` fully checked for its position alone."""
+        if index < FULL_CHECK_ROWS:
+            return index
+        every = self.sample_every
+        return -(-index // every) * every
 
     def _count_one(self, date: Any, person: Any, index: int) -> None:
         """Count one row's date (for the window) and (person, date) pair (for duplicates)."""
@@ -537,14 +617,11 @@ class ContractCheck:
         duplicates, duplicate_rows = self._pairs.duplicates()
         if duplicates:
             columns = [self._person, self._date] if self._date else [self._person]
-            out.append(
-                {
-                    "check": "duplicates",
-                    "columns": columns,
-                    "count": duplicates,
-                    "examples": [{"row": r} for r in duplicate_rows],
-                }
-            )
+            finding: dict[str, Any] = {"check": "duplicates", "columns": columns, "count": duplicates}
+            if self._pairs.level:
+                finding["share_checked"] = self._pairs.share  # the count is a lower bound (see _Pairs)
+            finding["examples"] = [{"row": r} for r in duplicate_rows]
+            out.append(finding)
         return out
 
     def _date_findings(self) -> list[dict[str, Any]]:
@@ -587,6 +664,9 @@ class ContractCheck:
             "drift": bool(findings),
             "findings": findings,
         }
+        if self._pairs.level:
+            # Past the duplicate table's size only a share of (person, date) pairs is watched.
+            doc["duplicates_share_checked"] = self._pairs.share
         if self.contract is None:
             doc["columns_seen"] = [
                 {"column": n, "rows": s.rows, "nulls": s.nulls, "kinds": sorted(s.kinds)}
@@ -639,6 +719,16 @@ def plain_copy(value: Any) -> Any:
     return value
 
 
+def _copy_containers(picked: list[tuple[Any, ...]]) -> bool:
+    """Replace nested values of the last picked row by plain copies (they must not outlive the
+    parser's next row); False when it held none."""
+    last = picked[-1] if picked else ()
+    if _CONTAINER_TYPES.isdisjoint(map(type, last)):
+        return False
+    picked[-1] = tuple(map(plain_copy, last))
+    return True
+
+
 class CheckingValidator(RowValidator):
     """Row validation that also shows each parsed row to a :class:`ContractCheck` (one parse per row)."""
 
@@ -652,12 +742,26 @@ class CheckingValidator(RowValidator):
         first = stages[0] if stages else None
         self._pick: Callable[[Any], tuple[Any, ...]] | None = getattr(first, "pick", None)
         self._taker = first if self._pick is not None else None
+        columns = tuple(getattr(first, "pick_columns", ())) if self._pick is not None else ()
+        #: Where the picked tuple holds a column: the date and person are then read from it.
+        self._picked_at = {name: i for i, name in enumerate(columns)}
+
+    def _keys(self, pick: bool) -> tuple[str, str, int, int]:
+        """The date and person keys of the check now, and their places in a picked row (-1: none)."""
+        c = self.check
+        date_at = self._picked_at.get(c._date_key, -1) if pick and c._date_key else -1
+        person_at = self._picked_at.get(c._person_key, -1) if pick and c._person_key else -1
+        if date_at < 0 or person_at < 0:
+            date_at = person_at = -1
+        return c._date_key, c._person_key, date_at, person_at
 
     def validate(self, lines: list[bytes]) -> list[bytes]:
         """Validate as :class:`RowValidator` does, observing every row.
 
-        Rows that need no full check only have their date and person read here; those are counted
-        a batch at a time (:meth:`ContractCheck.take`).
+        Rows that need no full check only have their date and person read here (from the picked
+        columns when the stage keeps them); those are counted a batch at a time
+        (:meth:`ContractCheck.take`). The check's state is read into locals once and again only
+        after a row it looks at in full.
         """
         if not lines:
             return lines
@@ -665,17 +769,27 @@ class CheckingValidator(RowValidator):
         object_type = simdjson.Object
         c = self.check
         observe = c.observe
-        every = c.sample_every
         dates: list[Any] = []
         persons: list[Any] = []
         where: list[int] = []
-        date_key, person_key = c._date_key, c._person_key
-        done = 0
+        start = i = c.rows
+        next_full = c.next_full(i)
+        width, nulls = c._last_width, c._null_candidates
         pick = self._pick
+        date_key, person_key, date_at, person_at = self._keys(pick is not None)
         picked: list[tuple[Any, ...]] = []
+        values: tuple[Any, ...] = ()
         try:
             for line in lines:
-                doc = parse(line)
+                try:
+                    doc = parse(line)
+                except RuntimeError:
+                    # The last picked row's nested values still point into the parser: copy them
+                    # (checked here, not on every row: rows with nested kept values are rare).
+                    values = ()
+                    if not _copy_containers(picked):
+                        raise
+                    doc = parse(line)
                 if type(doc) is not object_type:
                     break
                 if pick is not None:
@@ -683,37 +797,48 @@ class CheckingValidator(RowValidator):
                         values = pick(doc)
                     except KeyError:  # a kept column is absent: the stage reads this batch itself
                         pick = None
+                        date_at = person_at = -1
                     else:
-                        if not _CONTAINER_TYPES.isdisjoint(map(type, values)):
-                            values = tuple(map(plain_copy, values))  # must not outlive the parser's row
                         picked.append(values)
-                i = c.rows
-                if i < FULL_CHECK_ROWS or len(doc) != c._last_width or i % every == 0 or c._null_candidates:
+                if i == next_full or len(doc) != width or nulls:
+                    c.rows = i
                     observe(doc, line)
-                    date_key, person_key = c._date_key, c._person_key
+                    width, nulls = c._last_width, c._null_candidates
+                    date_key, person_key, date_at, person_at = self._keys(pick is not None)
+                    if i == next_full:
+                        next_full = c.next_full(i + 1)
+                elif date_at >= 0:
+                    dates.append(values[date_at])
+                    persons.append(values[person_at])
+                    where.append(i)
                 else:
                     try:
                         date = doc[date_key] if date_key else None
                         person = doc[person_key] if person_key else None
                     except KeyError:  # the same width but other columns
+                        c.rows = i
                         observe(doc, line)
-                        date_key, person_key = c._date_key, c._person_key
+                        width, nulls = c._last_width, c._null_candidates
+                        date_key, person_key, date_at, person_at = self._keys(pick is not None)
                     else:
                         dates.append(date)
                         persons.append(person)
                         where.append(i)
-                        c.rows = i + 1
+                i += 1
                 del doc  # the parser can only be reused once no object of it is alive
-                done += 1
         except (ValueError, RuntimeError, UnicodeDecodeError):
             pass  # the slow path names the bad row, or accepts what simdjson cannot represent
+        c.rows = i
         if where:
             c.take(dates, persons, where)
+        done = i - start
         self.rows += done
         if done == len(lines):
             if pick is not None and self._taker is not None:
+                _copy_containers(picked)  # the last row's nested values outlive this parse
                 self._taker.hand_over(lines, picked)
             return lines
+        del picked, values, dates, persons  # nothing of the parser may stay alive for the slow path
         rest = self._slow(lines[done:])
         for line in rest:
             observe(json.loads(line), line)

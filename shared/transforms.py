@@ -77,6 +77,8 @@ class RowSettings:
         return cls(**doc)
 
 
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 #: Entries of a value cache (pseudonyms, dates): about 250 bytes each at most, so a few MiB.
 CACHE_LIMIT = 20_000
 
@@ -94,6 +96,12 @@ class Pseudonymiser:
         self._secret = secret
         self.version = version
         self._cache: dict[str, str] = {}
+        # HMAC (RFC 2104) from two hash states keyed once: ``hmac.digest`` sets up the digest anew
+        # on each call, which with OpenSSL 3 costs some 40 us, more than the rest of a person's rows.
+        block = hashlib.sha256().block_size
+        key = (secret if len(secret) <= block else hashlib.sha256(secret).digest()).ljust(block, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
 
     def __call__(self, value: str) -> str:
         """The pseudonym of ``value``."""
@@ -101,8 +109,11 @@ class Pseudonymiser:
         if done is None:
             if len(self._cache) >= CACHE_LIMIT:
                 self._cache.clear()  # bounded memory (rows come grouped by person, so hits stay high)
-            digest = hmac.digest(self._secret, value.strip().lower().encode("utf-8"), hashlib.sha256)
-            done = self._cache[value] = digest.hex()
+            inner = self._inner.copy()
+            inner.update(value.strip().lower().encode("utf-8"))
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            done = self._cache[value] = outer.hexdigest()
         return done
 
 
@@ -149,6 +160,8 @@ _NUMBER = r"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][-+]?+[0-9]++)?+"
 _JSON_NUMBER = re.compile(_NUMBER).fullmatch
 #: Many numbers at once, one a line: one regex pass over a column instead of a call per value.
 _JSON_NUMBERS = re.compile(f"(?:{_NUMBER}\n)*+{_NUMBER}").fullmatch
+#: Characters no JSON number holds that could make a list of values parse as something else.
+_NOT_IN_NUMBERS = ('"', "[", "]", "{", "}", "t", "f", "n", ":", " ", "\t", "\n", "\r")
 _BOOLEAN_JSON: dict[Any, str] = {k: "true" if v else "false" for k, v in _BOOLEANS.items()}
 _BOOLEAN_JSON.update({True: "true", False: "false"})  # also the ints 1 and 0, which hash alike
 
@@ -248,6 +261,7 @@ class RowTransformer(RowStage):
         self._pseudonym = pseudonymiser
         self._identifiers = frozenset(self.contract.identifier_columns if self.contract else ())
         self._parser = simdjson.Parser()
+        self._numbers = simdjson.Parser()  # for :meth:`_all_json_numbers` only
         self._rows = 0
         self._unconverted: dict[str, _Unconverted] = {}
         self._emitters: dict[str, tuple[str, Emitter]] = {}
@@ -262,6 +276,7 @@ class RowTransformer(RowStage):
         #: For the validator: reads the kept columns of a parsed row, so the row need not be parsed
         #: again here (:meth:`hand_over`). Only for two columns or more (itemgetter then gives a tuple).
         self.pick: Callable[[Any], tuple[Any, ...]] | None = self._pick if len(self._plan) > 1 else None
+        self.pick_columns: tuple[str, ...] = settings.columns  # what :attr:`pick` reads, in order
         self._handed: tuple[list[bytes], list[tuple[Any, ...]]] | None = None
 
     def _emitter(self, name: str) -> tuple[str, Emitter]:
@@ -316,7 +331,12 @@ class RowTransformer(RowStage):
             return self._whole_row(line, index)
         # Only the kept columns are read, lazily (a lookup of an absent key is slow in simdjson, so
         # presence is learnt from KeyError).
-        doc: Any = self._parser.parse(line)
+        try:
+            doc: Any = self._parser.parse(line)
+        except (ValueError, RuntimeError):
+            # Valid JSON simdjson cannot represent (an integer beyond 64 bits, 1e400): the validator
+            # accepted it on its slow path, so read it as the standard library does.
+            doc = json.loads(line)
         parts = []
         try:
             for name, prefix, emit in self._plan:
@@ -371,8 +391,8 @@ class RowTransformer(RowStage):
                     picked.append(values)
                 finally:
                     del doc
-        except KeyError:
-            return None
+        except (KeyError, ValueError, RuntimeError):
+            return None  # a kept column is absent, or a row simdjson cannot represent: row by row
         if len(self._plan) == 1:
             picked = [(v,) for v in picked]
         return self._assemble(picked, start)
@@ -394,9 +414,12 @@ class RowTransformer(RowStage):
         """Every value of one column as JSON text; the common cases without a Python call per value."""
         kinds = set(map(type, values))
         if emit is _double_json and kinds == {str}:
-            joined = "\n".join(values)
-            # (A value holding a line break would pass as two numbers: the count rules that out.)
-            if _JSON_NUMBERS(joined) and joined.count("\n") == len(values) - 1:
+            spelled = self._all_json_numbers(values)
+            if spelled is None:  # simdjson cannot say (a number beyond its range): the regex decides
+                joined = "\n".join(values)
+                # (A value holding a line break would pass as two numbers: the count rules that out.)
+                spelled = bool(_JSON_NUMBERS(joined)) and joined.count("\n") == len(values) - 1
+            if spelled:
                 return list(values)  # numeric strings already spelled as JSON numbers
         if emit is _as_json and kinds == {str}:
             return list(map(_quote, values))
@@ -436,6 +459,26 @@ class RowTransformer(RowStage):
                 text = _as_json(value)
             out.append(text)
         return out
+
+    def _all_json_numbers(self, values: tuple[str, ...]) -> bool | None:
+        """Whether every value is spelled as a JSON number, by parsing them as one JSON array.
+
+        With no whitespace and no character that can start a string, array, object or literal, a
+        valid ``[v1,v2,...]`` holds only numbers; as many elements as values means no value held a
+        comma, so each value is exactly one number (simdjson follows the JSON grammar strictly).
+        None when simdjson refuses a number JSON allows (beyond its range): the caller decides.
+        """
+        joined = ",".join(values)
+        if any(c in joined for c in _NOT_IN_NUMBERS):
+            return False
+        try:
+            doc: Any = self._numbers.parse(("[" + joined + "]").encode())
+        except (ValueError, RuntimeError):
+            return None
+        try:
+            return len(doc) == len(values)
+        finally:
+            del doc
 
     @staticmethod
     def _cache_new(cache: dict[str, str], emit: Emitter, values: tuple[str, ...]) -> bool:

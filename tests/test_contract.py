@@ -336,3 +336,28 @@ def test_dates_from_net_and_offsets_are_compared_in_utc() -> None:
                          "window": ["2025-02-22T23:30:00+00:00", "2025-03-10T00:00:00+00:00"],
                          "examples": [{"row": 0}]}]  # fmt: skip
     assert (NOW - timedelta(days=1)).tzinfo is UTC
+
+
+def test_the_duplicate_table_has_a_fixed_size_and_watches_a_share_once_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory for duplicates does not grow with the drop: past half the table only a share of pairs is watched."""
+    monkeypatch.setattr(contract_module, "PAIR_SLOTS", 64)  # at most 32 distinct pairs held
+    weeks = tuple(f"2025-0{1 + w // 28}-{1 + w % 28:02d}T00:00:00Z" for w in range(8))
+    exact = clean_rows(people=3, weeks=weeks)  # 24 distinct pairs: below the limit, every repeat found
+    _, findings = check(exact + exact[:5], md=metadata(), sample_every=1)
+    assert [f for f in findings if f["check"] == "duplicates"] == [
+        {"check": "duplicates", "columns": ["ObjectId", "MetricDate"], "count": 5,
+         "examples": [{"row": 24}, {"row": 25}, {"row": 26}]}
+    ]  # fmt: skip
+    many = clean_rows(people=100, weeks=weeks)  # 800 distinct pairs, each repeated once at the end
+    c = ContractCheck(metadata(), sample_every=1)
+    validator = CheckingValidator(c)
+    lines = [json.dumps(r).encode() for r in many + many]
+    for start in range(0, len(lines), 50):
+        validator.validate(lines[start : start + 50])
+        assert len(c._pairs.table) == 64
+    report = c.report()
+    (found,) = [f for f in report["findings"] if f["check"] == "duplicates"]
+    share = report["duplicates_share_checked"]
+    assert share == found["share_checked"] and share <= 32 / 800
+    # Every repeat of a watched pair is found: as many as the table held when the repeats came.
+    assert 0 < found["count"] < 32 and found["examples"][0]["row"] >= 800

@@ -137,3 +137,26 @@ def test_a_numeric_string_with_a_line_break_is_not_written_as_a_number() -> None
     out = stage.process(rows)
     assert json.loads(out[0])["Meetings"] == "1\n5"
     assert [f["column"] for f in stage.findings()] == ["Meetings"]
+
+
+def test_nested_kept_values_anywhere_in_a_batch_are_handed_over_intact() -> None:
+    """The validator copies a picked nested value only when its parser is needed again (or at the end
+    of the batch): first, middle and last rows, and two in a row, give what the transform alone gives."""
+    rest = {name: "1" for name in COLUMNS[2:]}
+    nested = json.dumps({"PersonId": {"id": ["x", 1]}, "MetricDate": [2024], **rest}).encode()
+    plain = json.dumps({"PersonId": "p", "MetricDate": "2024-02-04", **rest}).encode()
+
+    class NoParser:
+        def parse(self, line: bytes) -> Any:
+            raise AssertionError("the transform parsed a row the validator had handed over")
+
+    for positions in ({0}, {2}, {4}, {1, 2}, {0, 1, 2, 3, 4}):
+        rows = [nested if i in positions else plain for i in range(5)]
+        fused = transformer("all")
+        fused._parser = NoParser()  # type: ignore[assignment]
+        validator = CheckingValidator(ContractCheck(metadata()), stages=[fused])
+        handed = fused.process(validator.validate(rows))
+        assert handed == transformer("all").process(rows)
+        assert [json.loads(line)["MetricDate"] for line in handed] == [
+            [2024] if i in positions else "2024-02-04T00:00:00Z" for i in range(5)
+        ]

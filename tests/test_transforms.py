@@ -68,3 +68,60 @@ def test_fail_policy_stops_at_the_first_value_that_cannot_be_converted() -> None
     rows = [{"Email hours": "1"}, {"Email hours": "lots"}]
     with pytest.raises(SchemaViolation, match="row 2"):
         run(rows * 3, typed=True, columns=("Email hours",), policy="fail")
+
+
+def test_integers_beyond_64_bits_are_transformed_like_any_valid_row() -> None:
+    """simdjson cannot hold such a number; the validator accepts the row, so the transform must too."""
+    from shared.bytepath import RowValidator
+    from shared.contract import CheckingValidator, ContractCheck
+    from tests.test_contract import metadata
+
+    huge = 123456789012345678901234567890
+    rows: list[dict[str, Any]] = [
+        {"PersonId": "p", "MetricDate": "2025-03-02", "Meetings": "2", "Email hours": huge, "z": huge},
+        {"PersonId": "q", "MetricDate": "2025-03-09", "Meetings": huge, "Email hours": "1.5", "z": 1},
+    ]
+    lines = [json.dumps(r).encode() for r in rows]
+    columns = ("PersonId", "MetricDate", "Meetings", "Email hours")
+    for kept in (columns, ()):
+        settings = RowSettings(typed=True, columns=kept, pseudonymise=True)
+        alone = RowTransformer(PERSON_REPORT, settings, Pseudonymiser(SECRET, "v1"))
+        fused = RowTransformer(PERSON_REPORT, settings, Pseudonymiser(SECRET, "v1"))
+        check = ContractCheck(metadata())
+        validators = (RowValidator(), CheckingValidator(check, stages=[fused]))
+        outputs = [t.process(v.validate(list(lines))) for t, v in zip((alone, fused), validators, strict=True)]
+        assert outputs[0] == outputs[1]
+        out = [json.loads(line) for line in outputs[0]]
+        assert out[0]["Email hours"] == huge and out[1]["Meetings"] == huge
+        assert out[0]["Meetings"] == 2 and out[1]["Email hours"] == 1.5
+        assert out[0]["PersonId"] == Pseudonymiser(SECRET, "")("p")
+        assert ("z" in out[0]) is (not kept)
+
+
+@pytest.mark.parametrize("secret", [SECRET, b"s" * 16, bytes(range(64)), bytes(range(200)) * 3])
+def test_pseudonyms_are_hmac_sha256_of_the_trimmed_lower_cased_identifier(secret: bytes) -> None:
+    import hashlib
+    import hmac
+
+    pseudonym = Pseudonymiser(secret, "v1")
+    for value in ("A-1", " Zoë@Example.com ", "", "0449a096-91a3-54ce-8018-2661a2692b97"):
+        expected = hmac.new(secret, value.strip().lower().encode("utf-8"), hashlib.sha256).hexdigest()
+        assert pseudonym(value) == expected
+
+
+def test_numbers_are_kept_as_spelled_exactly_when_json_would_read_them_as_numbers() -> None:
+    """The batch check (all values parsed as one JSON array) agrees with the JSON grammar on every value."""
+    import re
+
+    number = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?").fullmatch
+    odd = ["1", "-0", "0.5", "1E+5", "2e-3", "1e400", "123456789012345678901234567890", "01", "1.", ".5", "+1",
+           "-", "", " 1", "1 ", "1,2", "1\n2", "NaN", "Infinity", "1e", "1.5E", "0x10", "1_000", "١", "[1]", '"1"',
+           "true", "1]", "[2", "1.0.0", "--1", "1e5.5"]  # fmt: skip
+    columns = ("Email hours", "Meetings")
+    for value in odd:
+        for batch in ([value], ["7", value, "8"], [value] * 3):
+            rows = [{"Email hours": v, "Meetings": "3"} for v in batch]
+            transformer = RowTransformer(PERSON_REPORT, RowSettings(typed=True, columns=columns))
+            out = transformer.process([json.dumps(r).encode() for r in rows])
+            spelled = number(value) is not None
+            assert (out[batch.index(value)].startswith(b'{"Email hours":' + value.encode() + b",")) is spelled, value
