@@ -158,7 +158,8 @@ class LeanQueuePut:
                 await self.direct.send(body)
                 return
             except DirectPutFailed:
-                pass  # the SDK put below does every further attempt, with its retries and errors
+                # The SDK put below does every further attempt, with its retries and errors.
+                self.direct.handed_over += 1
         request = HttpRequest("POST", self._url, headers=dict(self._headers), content=body)
         response = (await self._pipeline.run(request)).http_response
         if response.status_code != 201:

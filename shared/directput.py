@@ -195,22 +195,34 @@ def _credential_kind(credential: Any) -> str | None:
     return None
 
 
+def _verify(client: Any) -> bool | str | None:
+    """The transport's TLS verification (True, or a CA bundle's path); None when it is anything else."""
+    transport = client._config.transport
+    if type(transport).__name__ != "AioHttpTransport" or getattr(transport, "_session_kwargs", None):
+        return None  # a transport or session options given by the caller: the SDK's to honour
+    config = getattr(transport, "connection_config", None)
+    if config is None or config.cert is not None:
+        return None
+    verify = config.verify
+    return verify if verify is True or isinstance(verify, str) else None
+
+
 def direct_put_supported(client: Any) -> bool:
-    """Whether :class:`DirectQueuePut` can put exactly as the SDK ``client`` would."""
-    config = client._config
-    proxies = getattr(config.proxy_policy, "proxies", None)
-    transport = config.transport
-    session_options = getattr(transport, "_session_kwargs", None) or {}
-    plain_transport = type(transport).__name__ == "AioHttpTransport" and not session_options
+    """Whether :class:`DirectQueuePut` can put exactly as the SDK ``client`` would.
+
+    Not for a proxy (given, or from the environment), a transport or TLS options of the caller's,
+    an unknown credential type, or a bearer token over plain HTTP (which the SDK refuses to send).
+    """
+    scheme = urlsplit(client.url).scheme
+    kind = _credential_kind(client.credential)
     return (
-        urlsplit(client.url).scheme in ("http", "https")
-        and not proxies
-        and not getattr(client, "_use_env_settings", False)
-        and plain_transport
-        and getattr(transport, "connection_config", None) is not None
-        and transport.connection_config.verify is True
-        and transport.connection_config.cert is None
-        and _credential_kind(client.credential) is not None
+        scheme in ("http", "https")
+        and not getattr(client._config.proxy_policy, "proxies", None)
+        # async_queue_client turns the environment's settings off when no proxy of it applies
+        and not getattr(client._config.transport, "_use_env_settings", True)
+        and _verify(client) is not None
+        and kind is not None
+        and not (kind == "token" and scheme != "https")
     )
 
 
@@ -247,7 +259,11 @@ class DirectQueuePut:
             self._bearer = _BearerToken(credential)
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
-        self._ssl = ssl.create_default_context() if self._tls else None
+        verify = _verify(client)
+        cafile = verify if isinstance(verify, str) else None
+        self._ssl = ssl.create_default_context(cafile=cafile) if self._tls else None
+        #: Messages whose direct attempt failed and went to the SDK put (see the module's docstring).
+        self.handed_over = 0
         self._request_ids = itertools.count()
         self._request_id_prefix = str(uuid.uuid4())[:24]  # then a per-request counter, as 12 hex digits
         self._watchdog: asyncio.TimerHandle | None = None
