@@ -118,8 +118,14 @@ class MessagePacker:
         return self._prefix + b'"seq":%d,"first_row":%d,"row_count":%d,"rows":[' % (seq, first_row, count)
 
     def _body(self, n: int) -> bytes:
-        rows = self._pending[:n]
-        return self._header(self.seq, self.rows, n) + b",".join(rows) + b"]}"
+        # One join, one copy of the rows: the header goes onto the first row, the tail onto the last.
+        header = self._header(self.seq, self.rows, n)
+        if n == 1:
+            return header + self._pending[0] + b"]}"
+        parts = self._pending[:n]
+        parts[0] = header + parts[0]
+        parts[-1] += b"]}"
+        return b",".join(parts)
 
     def _raw_target(self) -> int:
         budget = self._body_limit - len(self._header(self.seq, self.rows, 10**9)) - 2
