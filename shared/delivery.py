@@ -9,10 +9,14 @@ needs (see docs/performance.md for the profile):
   user-agent, request-id/date headers and logging policies in one short pipeline, and a message
   body serialised once. Left out: per-request proxy lookups in the environment (done once here
   instead), the generated operation's XML model (de)serialisation, tracing spans and header
-  logging of every put, redirect, content validation and response hooks.
-- :class:`AsyncQueueSink`: many puts in flight on one event-loop thread instead of a thread each.
-  It is a :class:`~shared.sinks.QueueSink`: the same in-flight window, the same contiguous
-  acknowledged watermark (the checkpoint), the same error mapping.
+  logging of every put, redirect, content validation and response hooks. Each put's first
+  attempt is written directly on asyncio (:mod:`shared.directput`: the same request, signed with
+  the client's own credential, on keep-alive connections); anything but ``201 Created`` hands
+  the message to the SDK pipeline above, which does every further attempt with its retries and
+  raises its errors.
+- :class:`AsyncQueueSink`: many puts in flight on one event-loop thread instead of a thread each,
+  handed over in small batches. It is a :class:`~shared.sinks.QueueSink`: the same in-flight
+  window, the same contiguous acknowledged watermark (the checkpoint), the same error mapping.
 - :class:`BackgroundPacking` (opt-in, ``packing_thread=True``): packs and compresses on a second
   thread while the caller decodes (``isal`` releases the GIL while it compresses). The packer sees
   the same rows in the same order, so messages and ``seq`` are exactly what inline packing gives.
@@ -157,9 +161,14 @@ class LeanQueuePut:
             try:
                 await self.direct.send(body)
                 return
-            except DirectPutFailed:
+            except DirectPutFailed as failed:
                 # The SDK put below does every further attempt, with its retries and errors.
                 self.direct.handed_over += 1
+                if failed.status in (401, 403):
+                    # Authorisation is the SDK's to sort out (a token challenge, a tenant): every
+                    # further put goes through the SDK only.
+                    self.direct.close()
+                    self.direct = None
         request = HttpRequest("POST", self._url, headers=dict(self._headers), content=body)
         response = (await self._pipeline.run(request)).http_response
         if response.status_code != 201:

@@ -52,6 +52,11 @@ _MAX_HEAD = 16 * 1024
 class DirectPutFailed(Exception):
     """The direct attempt did not get ``201 Created``: the SDK put takes the message over."""
 
+    def __init__(self, why: str, status: int | None = None) -> None:
+        super().__init__(why)
+        #: The HTTP status of the answer, when there was one.
+        self.status = status
+
 
 class _Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; one request at a time."""
@@ -327,7 +332,7 @@ class DirectQueuePut:
             else:
                 self._idle.append(connection)
             if status != 201:
-                raise DirectPutFailed(f"HTTP {status}")
+                raise DirectPutFailed(f"HTTP {status}", status)
 
     def _watch(self, connection: _Connection) -> None:
         """Time the attempt out after ATTEMPT_TIMEOUT_S (one timer for all connections, not one each)."""

@@ -137,6 +137,16 @@ def test_a_refusal_is_the_sdks_error_with_the_status() -> None:
         assert len(standin.requests) == 2  # the direct attempt, then the SDK's (403 is not retried)
 
 
+def test_after_an_authorisation_refusal_every_put_goes_through_the_sdk() -> None:
+    with QueueStandIn() as standin:
+        standin.fail_next(1, 403)  # the direct attempt only: the SDK's attempt is accepted
+        put = lean_put(standin)
+        put_all(put, ["first", "second"])
+        assert put.direct is None
+        assert len(standin.requests) == 3  # direct (403), SDK (201), then SDK only (201)
+        assert len(standin.bodies) == 2
+
+
 def test_clients_it_cannot_serve_exactly_stay_with_the_sdk() -> None:
     with QueueStandIn() as standin:
         url = f"{standin.url}/account/queue"
