@@ -226,6 +226,10 @@ class QueueSink(PackedSink):
     def put(self, message: Message) -> None:
         """Submit a put; blocks while the in-flight window is full; raises an earlier failure."""
         self._raise_if_failed()
+        self._start_put(message)
+
+    def _start_put(self, message: Message) -> None:
+        """Take a slot of the window and start the put (on the pool)."""
         self._slots.acquire()
         try:
             future = self._submit(message)
