@@ -27,17 +27,19 @@ class Rule:
     remaining: int
     method: str = ""
     path_contains: str = ""
+    body_contains: bytes = b""
     status: int = 503
     after_bytes: int = 0
     hits: int = 0
     #: For "hold": the request is forwarded once this is set (a put that stalls, then completes).
     release: threading.Event = field(default_factory=threading.Event)
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         return (
             self.remaining > 0
             and (not self.method or self.method == method)
             and (not self.path_contains or self.path_contains in path)
+            and (not self.body_contains or self.body_contains in body)
         )
 
 
@@ -72,7 +74,7 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                rule = proxy._take(self.command, self.path)
+                rule = proxy._take(self.command, self.path, body)
                 if rule is not None and rule.action == "status":
                     proxy._record(self.command, self.path, f"status {rule.status}")
                     # Shaped like the service's own error body (code, message, request id).
@@ -120,10 +122,10 @@ class FaultProxy:
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def _take(self, method: str, path: str) -> Rule | None:
+    def _take(self, method: str, path: str, body: bytes = b"") -> Rule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, path):
+                if rule.matches(method, path, body):
                     rule.remaining -= 1
                     rule.hits += 1
                     return rule
@@ -147,9 +149,9 @@ class FaultProxy:
             self.rules.append(rule)
         return rule
 
-    def hold_next(self, count: int, *, method: str = "", path_contains: str = "") -> Rule:
+    def hold_next(self, count: int, *, method: str = "", path_contains: str = "", body_contains: bytes = b"") -> Rule:
         """Hold the next ``count`` matching requests until ``rule.release`` is set, then forward them."""
-        rule = Rule("hold", count, method, path_contains)
+        rule = Rule("hold", count, method, path_contains, body_contains=body_contains)
         with self._lock:
             self.rules.append(rule)
         return rule

@@ -10,8 +10,10 @@ See ``docs/messages.md``.
 from __future__ import annotations
 
 import json
+import os
 from bisect import bisect_right
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, islice
 from typing import Any
@@ -33,6 +35,12 @@ MAX_COMPRESSION_RATIO = 64.0
 MAX_ROWS_PER_MESSAGE = 20_000
 _GZIP_WBITS = GZIP_WBITS  # older names; the encodings' home is shared/encodings.py
 _GZIP_LEVEL = GZIP_LEVEL
+#: Compress each message of a compressed encoding on a thread of its own while the caller decodes
+#: on (``isal`` releases the GIL while it compresses); the messages are those of compressing inline.
+#: Off: on the shared 2-core benchmark machine it measured slower and dearer (docs/performance.md).
+COMPRESS_AHEAD = False
+#: The process's compression threads (one per core, at most 4; started on first use).
+_COMPRESSION = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="compress")
 _plus_one = (1).__add__  # a row's length plus its separator, without a Python-level call per row
 
 
@@ -73,8 +81,18 @@ def decode_message(payload: str | bytes) -> dict[str, Any]:
 class MessagePacker:
     """Turns batches of raw JSON rows into messages that fit the queue limit as stored."""
 
-    def __init__(self, envelope: Envelope, encoding: str = "gzip-base64", limit: int = QUEUE_MESSAGE_LIMIT):
+    def __init__(
+        self,
+        envelope: Envelope,
+        encoding: str = "gzip-base64",
+        limit: int = QUEUE_MESSAGE_LIMIT,
+        *,
+        compress_ahead: bool = COMPRESS_AHEAD,
+    ):
         self._codec = message_encoding(encoding)  # ValueError for an unknown one
+        #: Compress each message on the compression thread while the caller decodes the next rows.
+        self._compress_ahead = compress_ahead and self._codec.compressed
+        self._ahead: tuple[int, bytes, Future[str]] | None = None
         keep_heap_warm()  # compressing a message allocates several blocks of 100 KiB and more
         self.envelope = envelope
         self.encoding = encoding
@@ -100,8 +118,14 @@ class MessagePacker:
         return self._prefix + b'"seq":%d,"first_row":%d,"row_count":%d,"rows":[' % (seq, first_row, count)
 
     def _body(self, n: int) -> bytes:
-        rows = self._pending[:n]
-        return self._header(self.seq, self.rows, n) + b",".join(rows) + b"]}"
+        # One join, one copy of the rows: the header goes onto the first row, the tail onto the last.
+        header = self._header(self.seq, self.rows, n)
+        if n == 1:
+            return header + self._pending[0] + b"]}"
+        parts = self._pending[:n]
+        parts[0] = header + parts[0]
+        parts[-1] += b"]}"
+        return b",".join(parts)
 
     def _raw_target(self) -> int:
         budget = self._body_limit - len(self._header(self.seq, self.rows, 10**9)) - 2
@@ -126,28 +150,37 @@ class MessagePacker:
     def _cut(self) -> Message:
         if not self._codec.compressed:
             n = self._fit_raw()
-            payload = encode_body(self._body(n), self.encoding)
-        else:
-            limit = self.limit
-            if len(self._pending[0]) > MAX_ROW_BYTES:
+            return self._take(n, encode_body(self._body(n), self.encoding))
+        n = self._first_guess()
+        body = self._body(n)
+        return self._settle(n, body, encode_body(body, self.encoding))
+
+    def _first_guess(self) -> int:
+        """How many pending rows the next compressed message is tried with (from the ratio estimate)."""
+        if len(self._pending[0]) > MAX_ROW_BYTES:
+            raise RowTooLarge(
+                f"row {self.rows + 1} is {len(self._pending[0])} bytes; a message carries at most"
+                f" {MAX_ROW_BYTES} bytes of rows uncompressed"
+            )
+        cumulative = list(accumulate(map(_plus_one, map(len, islice(self._pending, MAX_ROWS_PER_MESSAGE)))))
+        return max(1, min(len(cumulative), bisect_right(cumulative, self._raw_target())))
+
+    def _settle(self, n: int, body: bytes, payload: str) -> Message:
+        """The compressed message of the first ``n`` rows, fewer while it overflows the limit."""
+        limit = self.limit
+        while len(payload) > limit:
+            if n == 1:
                 raise RowTooLarge(
-                    f"row {self.rows + 1} is {len(self._pending[0])} bytes; a message carries at most"
-                    f" {MAX_ROW_BYTES} bytes of rows uncompressed"
+                    f"row {self.rows + 1} is {len(self._pending[0])} bytes and does not fit one"
+                    f" queue message even compressed ({len(payload)} > {limit} bytes)"
                 )
-            cumulative = list(accumulate(map(_plus_one, map(len, islice(self._pending, MAX_ROWS_PER_MESSAGE)))))
-            n = max(1, min(len(cumulative), bisect_right(cumulative, self._raw_target())))
-            while True:
-                body = self._body(n)
-                payload = encode_body(body, self.encoding)
-                if len(payload) <= limit:
-                    self._ratio = min(MAX_COMPRESSION_RATIO, max(1.0, len(body) / max(1, len(payload) * 3 // 4)))
-                    break
-                if n == 1:
-                    raise RowTooLarge(
-                        f"row {self.rows + 1} is {len(self._pending[0])} bytes and does not fit one"
-                        f" queue message even compressed ({len(payload)} > {limit} bytes)"
-                    )
-                n = max(1, min(n - 1, int(n * limit / len(payload) * 0.97)))
+            n = max(1, min(n - 1, int(n * limit / len(payload) * 0.97)))
+            body = self._body(n)
+            payload = encode_body(body, self.encoding)
+        self._ratio = min(MAX_COMPRESSION_RATIO, max(1.0, len(body) / max(1, len(payload) * 3 // 4)))
+        return self._take(n, payload)
+
+    def _take(self, n: int, payload: str) -> Message:
         message = Message(seq=self.seq, first_row=self.rows, row_count=n, payload=payload)
         del self._pending[:n]
         self._pending_bytes = sum(map(len, self._pending)) if self._pending else 0
@@ -155,17 +188,47 @@ class MessagePacker:
         self.rows += n
         return message
 
+    def _cut_due(self) -> bool:
+        return bool(self._pending) and (
+            self._pending_bytes + len(self._pending) > self._raw_target() or len(self._pending) > MAX_ROWS_PER_MESSAGE
+        )
+
+    def _start_ahead(self) -> int:
+        """Start compressing the next message on a compression thread (its rows stay pending until
+        it is settled); returns the bytes pending beyond it."""
+        n = self._first_guess()
+        body = self._body(n)
+        self._ahead = (n, body, _COMPRESSION.submit(encode_body, body, self.encoding))
+        return self._pending_bytes - len(body)
+
+    def _settle_ahead(self) -> Message:
+        assert self._ahead is not None
+        n, body, future = self._ahead
+        self._ahead = None
+        return self._settle(n, body, future.result())
+
     def add(self, rows: list[bytes]) -> Iterator[Message]:
         """Add rows; yields every message that is full."""
         self._pending.extend(rows)
         self._pending_bytes += sum(map(len, rows))
-        while self._pending and (
-            self._pending_bytes + len(self._pending) > self._raw_target() or len(self._pending) > MAX_ROWS_PER_MESSAGE
-        ):
-            yield self._cut()
+        if not self._compress_ahead:
+            while self._cut_due():
+                yield self._cut()
+            return
+        # The next cut depends on the ratio the message in flight gives, so it is settled first; a
+        # message is then cut exactly where packing inline cuts it, whatever the batches.
+        while True:
+            if self._ahead is not None:
+                yield self._settle_ahead()
+            if not self._cut_due():
+                return
+            if self._start_ahead() <= MAX_ROW_BYTES:
+                return  # let the caller decode on while the message compresses
 
     def finish(self) -> Iterator[Message]:
         """Flush the rows still pending (the last, partly filled messages)."""
+        if self._ahead is not None:
+            yield self._settle_ahead()
         while self._pending:
             yield self._cut()
 

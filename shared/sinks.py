@@ -236,17 +236,30 @@ class QueueSink(PackedSink):
     def put(self, message: Message) -> None:
         """Submit a put; blocks while the window is full (see :meth:`_has_room_for`); raises an earlier failure."""
         self._raise_if_failed()
-        with self._room:
-            self._room.wait_for(lambda: self._has_room_for(message))
-        self._raise_if_failed()
-        with self._lock:
-            self._outstanding += 1
+        self._take_room(message)
         try:
-            future = self._submit(message)
+            self._raise_if_failed()
+            self._start_put(message)
         except BaseException:
-            with self._lock:
+            with self._room:
                 self._outstanding -= 1
+                self._room.notify_all()
             raise
+
+    def _take_room(self, message: Message) -> None:
+        """Wait until the window has room for ``message`` (or a put failed), and take it."""
+        with self._room:
+            if not self._has_room_for(message):
+                self._before_waiting()
+                self._room.wait_for(lambda: self._has_room_for(message))
+            self._outstanding += 1
+
+    def _before_waiting(self) -> None:
+        """Called (under the lock) before the caller blocks for room: a sink may start what it holds."""
+
+    def _start_put(self, message: Message) -> None:
+        """Start the put (on the pool); the room is taken."""
+        future = self._submit(message)
         with self._lock:
             self._inflight.add(future)
         future.add_done_callback(functools.partial(self._done, message))

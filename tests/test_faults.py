@@ -6,7 +6,6 @@ Each test reports `rows expected=… after_dedup=… raw_duplicates=… lost=…
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import subprocess
@@ -343,11 +342,12 @@ def test_a_stalled_put_holds_later_puts_within_the_window(azurite: Azurite, path
         cs = azurite.connection_string.replace(f":{azurite.queue_port}/", f":{proxy.port}/")
         queue = QueueClient.from_connection_string(cs, f"q{uuid.uuid4().hex[:12]}")
         queue.create_queue()
-        stall = proxy.hold_next(1, method="POST", path_contains="/messages")
+        # The first message's put stalls (puts start concurrently: match its body, not the first to arrive).
+        stall = proxy.hold_next(1, method="POST", path_contains="/messages", body_contains=b">message-0<")
         envelope = Envelope(str(uuid.uuid4()), "drop-stall", "table")
         twin = functools.partial(delivery.async_twin, queue)
         sink = delivery.queue_sink(path, queue, twin, envelope, "json", concurrency=concurrency)
-        messages = [Message(seq=i, first_row=i, row_count=1, payload=f'{{"seq":{i}}}') for i in range(20)]
+        messages = [Message(seq=i, first_row=i, row_count=1, payload=f"message-{i}") for i in range(20)]
         submitted: list[int] = []
 
         def produce() -> None:
@@ -368,5 +368,5 @@ def test_a_stalled_put_holds_later_puts_within_the_window(azurite: Azurite, path
         sink.flush()  # type: ignore[attr-defined]
         assert submitted == list(range(20)) and sink.delivered_seq == 19
         sink.close()
-        stored = sorted(json.loads(m.content)["seq"] for m in queue.receive_messages(max_messages=32))
+        stored = sorted(int(m.content.removeprefix("message-")) for m in queue.receive_messages(max_messages=32))
         assert stored == list(range(20))
