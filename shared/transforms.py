@@ -258,7 +258,7 @@ class RowTransformer(RowStage):
         self.contract = contract if contract is not None else contract_for(table)
         if settings.pseudonymise and pseudonymiser is None:
             raise ValueError("pseudonymisation needs the partner secret")
-        self._pseudonym = pseudonymiser
+        self._pseudonym = pseudonymiser if settings.pseudonymise else None  # only when asked for
         self._identifiers = frozenset(self.contract.identifier_columns if self.contract else ())
         self._parser = simdjson.Parser()
         self._numbers = simdjson.Parser()  # for :meth:`_all_json_numbers` only
@@ -278,6 +278,8 @@ class RowTransformer(RowStage):
         self.pick: Callable[[Any], tuple[Any, ...]] | None = self._pick if len(self._plan) > 1 else None
         self.pick_columns: tuple[str, ...] = settings.columns  # what :attr:`pick` reads, in order
         self._handed: tuple[list[bytes], list[tuple[Any, ...]]] | None = None
+        #: Without an allowlist: the last row layout seen (its columns in order), as a plan, pick and template.
+        self._layout: tuple[tuple[str, ...], list[tuple[str, str, Emitter]], str] | None = None
 
     def _emitter(self, name: str) -> tuple[str, Emitter]:
         """The column's ``"name":`` prefix and its emitter."""
@@ -367,6 +369,10 @@ class RowTransformer(RowStage):
             done = self._by_columns(rows, start)
             if done is not None:
                 return done
+        elif rows:
+            done = self._by_row_layout(rows, start)
+            if done is not None:
+                return done
         one = self._one
         return [one(line, start + i) for i, line in enumerate(rows)]
 
@@ -397,18 +403,67 @@ class RowTransformer(RowStage):
             picked = [(v,) for v in picked]
         return self._assemble(picked, start)
 
+    def _layout_of(self, keys: tuple[str, ...]) -> tuple[list[tuple[str, str, Emitter]], str]:
+        """The plan and template for rows with exactly these columns in this order."""
+        if self._layout is None or self._layout[0] != keys:
+            plan = [(n, *self._emitter(n)) for n in keys]
+            for name, _, emit in plan:
+                if emit not in (_as_json, _double_json, _boolean_json):
+                    self._texts.setdefault(name, {})
+            template = "{" + ",".join(prefix.replace("%", "%%") + "%s" for _, prefix, _ in plan) + "}"
+            self._layout = (keys, plan, template)
+        return self._layout[1], self._layout[2]
+
+    def _by_row_layout(self, rows: list[bytes], start: int) -> list[bytes] | None:
+        """No allowlist: a batch whose rows all have the first row's columns, in its order, a column at a time.
+
+        The output is what the row-by-row path writes (every column, in the row's order), so it does not
+        depend on how rows were batched. None when a row differs (the row-by-row path handles that batch).
+        """
+        if not rows:
+            return None
+        parse = self._parser.parse
+        picked = []
+        keys: tuple[str, ...] = ()
+        try:
+            for line in rows:
+                doc: Any = parse(line)
+                try:
+                    if not keys:
+                        keys = tuple(doc.keys())
+                        if len(keys) < 2 or len(set(keys)) != len(keys):
+                            return None  # one column, or a repeated name: the row-by-row path
+                        plan, template = self._layout_of(keys)
+                    elif tuple(doc.keys()) != keys:
+                        return None
+                    values = tuple(doc.values())  # in the row's order, which is the layout's
+                    if not _CONTAINER_SET.isdisjoint(map(type, values)):
+                        values = tuple(map(_plain, values))  # nested values must not outlive the parser's next row
+                    picked.append(values)
+                finally:
+                    del doc
+        except (AttributeError, KeyError, ValueError, RuntimeError):
+            return None  # not an object, or a row simdjson cannot represent: row by row
+        return self._assemble(picked, start, plan, template)
+
     def hand_over(self, rows: list[bytes], picked: list[tuple[Any, ...]]) -> None:
         """The kept columns of ``rows`` (one tuple a row, from :attr:`pick`, nested values as plain
         copies), read by the validator's parse: the next :meth:`process` of this very list uses them."""
         self._handed = (rows, picked)
 
-    def _assemble(self, picked: list[tuple[Any, ...]], start: int) -> list[bytes]:
+    def _assemble(
+        self,
+        picked: list[tuple[Any, ...]],
+        start: int,
+        plan: list[tuple[str, str, Emitter]] | None = None,
+        template: str | None = None,
+    ) -> list[bytes]:
         """The output rows from each row's kept values: a column's texts at a time, then one row each."""
         columns = [
             self._column_texts(name, emit, values, start)
-            for (name, _, emit), values in zip(self._plan, zip(*picked, strict=True), strict=True)
+            for (name, _, emit), values in zip(plan or self._plan, zip(*picked, strict=True), strict=True)
         ]
-        return list(map(str.encode, map(self._template.__mod__, zip(*columns, strict=True))))
+        return list(map(str.encode, map((template or self._template).__mod__, zip(*columns, strict=True))))
 
     def _column_texts(self, name: str, emit: Emitter, values: tuple[Any, ...], start: int) -> list[str]:
         """Every value of one column as JSON text; the common cases without a Python call per value."""

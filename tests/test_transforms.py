@@ -125,3 +125,31 @@ def test_numbers_are_kept_as_spelled_exactly_when_json_would_read_them_as_number
             out = transformer.process([json.dumps(r).encode() for r in rows])
             spelled = number(value) is not None
             assert (out[batch.index(value)].startswith(b'{"Email hours":' + value.encode() + b",")) is spelled, value
+
+
+def test_identifiers_are_left_as_they_are_unless_pseudonymisation_is_on() -> None:
+    row = b'{"PersonId":"p-1","MetricDate":"2024-03-03","Meetings":"2"}'
+    handed = Pseudonymiser(b"a partner secret of 32 bytes....", "v1")
+    plain = RowTransformer(PERSON_REPORT, RowSettings(typed=True), handed).process([row, row])
+    assert [json.loads(r)["PersonId"] for r in plain] == ["p-1", "p-1"]
+    hidden = RowTransformer(PERSON_REPORT, RowSettings(typed=True, pseudonymise=True), handed).process([row, row])
+    assert [json.loads(r)["PersonId"] for r in hidden] == [handed("p-1")] * 2
+
+
+def test_rows_without_an_allowlist_come_out_the_same_however_they_are_batched() -> None:
+    """Without ROW_COLUMNS a batch of rows with one layout goes a column at a time; others row by row."""
+    rows = [
+        b'{"PersonId":"p-1","MetricDate":"2024-03-03","Meetings":"2","IsActive":"true"}',
+        b'{"PersonId":"p-2","MetricDate":"2024-03-03","Meetings":"3.5","IsActive":false}',
+        b'{"MetricDate":"2024-03-03","PersonId":"p-3","Meetings":"4","IsActive":true}',  # other order
+        b'{"PersonId":"p-4","MetricDate":"2024-03-03","Meetings":{"a":[1]},"IsActive":true}',  # nested
+        b'{"PersonId":"p-5","MetricDate":"2024-03-03","Meetings":"x","IsActive":true,"Extra":1}',
+    ]
+    settings = RowSettings(typed=True)
+    one_by_one = [RowTransformer(PERSON_REPORT, settings).process([r])[0] for r in rows]
+    for size in (1, 2, 3, 5):
+        transformer = RowTransformer(PERSON_REPORT, settings)
+        batched = [out for i in range(0, len(rows), size) for out in transformer.process(rows[i : i + size])]
+        assert batched == one_by_one, size
+    assert [list(json.loads(r)) for r in one_by_one][2] == ["MetricDate", "PersonId", "Meetings", "IsActive"]
+    assert json.loads(one_by_one[1])["Meetings"] == 3.5 and json.loads(one_by_one[3])["Meetings"] == {"a": [1]}
