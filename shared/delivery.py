@@ -214,7 +214,7 @@ class EventLoopThread:
 class AsyncQueueSink(QueueSink):
     """A :class:`QueueSink` whose puts run as coroutines on one event-loop thread.
 
-    The in-flight window (``2 × concurrency``), the contiguous watermark and the error mapping are
+    The window (``2 × concurrency``), how a put's end is recorded, the contiguous watermark and the error mapping are
     :class:`QueueSink`'s (``QueueSink.put`` is the entry point); how puts are handed over differs.
     The decoding thread appends messages to an outbox and wakes the loop unless a wake-up is
     already pending (and, with :data:`HANDOFF_BATCH` above 1, only every so many messages), with no
@@ -225,13 +225,10 @@ class AsyncQueueSink(QueueSink):
     def __init__(self, client: AsyncQueueClient, envelope: Envelope, encoding: str, **kwargs: Any) -> None:
         super().__init__(client, envelope, encoding, **kwargs)  # type: ignore[arg-type]
         self._pool.shutdown(wait=False)  # the thread pool is not used (it never started a thread)
-        window = 2 * int(kwargs.get("concurrency", 8))  # QueueSink's in-flight window
-        self._put = LeanQueuePut(client, time_to_live=self.time_to_live, max_connections=window)
+        self._put = LeanQueuePut(client, time_to_live=self.time_to_live, max_connections=self._window)
         self._escape = not message_encoding(encoding).name.endswith("base64")  # json text may hold &<>
         self._outbox: collections.deque[Message] = collections.deque()
         self._wake_pending = False
-        self._running = 0  # puts handed over and not yet finished (under ``_lock``)
-        self._all_done = threading.Condition(self._lock)
         self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._timer: asyncio.TimerHandle | None = None
         self._loop = EventLoopThread()
@@ -260,22 +257,9 @@ class AsyncQueueSink(QueueSink):
         try:
             await self._send_async(message)
         except BaseException as exc:  # recorded here, raised on the decoding thread
-            self._finished(message, exc)
+            self._put_ended(message, exc)
         else:
-            self._finished(message, None)
-
-    def _finished(self, message: Message, exc: BaseException | None) -> None:
-        with self._lock:
-            self._running -= 1
-            if exc is not None:
-                self._error = self._error or exc
-            else:
-                self._sent += 1
-                self._mark.ack(message.seq, message.first_row + message.row_count)
-            if not self._running:
-                self._all_done.notify_all()
-            self._outstanding -= 1
-            self._room.notify_all()
+            self._put_ended(message, None)
 
     # --- on the decoding thread
 
@@ -289,30 +273,16 @@ class AsyncQueueSink(QueueSink):
 
     def _start_put(self, message: Message) -> None:
         """Hand the put over to the loop (``QueueSink.put`` raised any earlier failure and took the room)."""
-        with self._lock:
-            self._running += 1
         self._outbox.append(message)
         if len(self._outbox) >= HANDOFF_BATCH:
             self._wake()
-
-    def _wait_all_done(self) -> None:
-        if self._outbox:
-            self._wake()
-        with self._lock:
-            while self._running:
-                self._all_done.wait()
-
-    def flush(self) -> None:
-        """Wait for every put handed over, then raise the first failure, if any."""
-        self._wait_all_done()
-        self._raise_if_failed()
 
     def close(self) -> None:
         """Wait for puts in flight, close the connections, stop the loop thread."""
         loop = self._loop.loop
         if loop.is_closed():
             return
-        self._wait_all_done()
+        self._wait_ended()
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self._shut_down(), loop).result(timeout=30)
         self._loop.stop()

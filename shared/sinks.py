@@ -7,7 +7,6 @@ but not re-send the messages a previous attempt already delivered.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 from abc import ABC, abstractmethod
@@ -185,9 +184,8 @@ class QueueSink(PackedSink):
         self._window = concurrency * 2
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # notified when a put ends
-        self._outstanding = 0  # puts submitted and not yet ended
+        self._outstanding = 0  # puts started (their room taken) and not yet ended
         self._error: BaseException | None = None
-        self._inflight: set[Future[None]] = set()
         self._sent = 0
         self._before_put = before_put
 
@@ -201,16 +199,22 @@ class QueueSink(PackedSink):
         return self._pool.submit(self._send, message)
 
     def _done(self, message: Message, future: Future[None]) -> None:
+        self._put_ended(message, TransientError("queue put cancelled") if future.cancelled() else future.exception())
+
+    def _put_ended(self, message: Message, exc: BaseException | None) -> None:
+        """Record how a put ended (on any thread): the first failure, or the acknowledgement."""
         with self._lock:
-            self._inflight.discard(future)
-            exc = TransientError("queue put cancelled") if future.cancelled() else future.exception()
             if exc is not None:
                 self._error = self._error or exc
             else:
                 self._sent += 1
                 self._mark.ack(message.seq, message.first_row + message.row_count)
-            self._outstanding -= 1
-            self._room.notify_all()
+            self._free_room()
+
+    def _free_room(self) -> None:
+        """A put ended or never started: its room in the window is free (call with the lock held)."""
+        self._outstanding -= 1
+        self._room.notify_all()
 
     def _has_room_for(self, message: Message) -> bool:
         # The window bounds what runs ahead of the watermark, not only what is in flight: behind one
@@ -241,9 +245,8 @@ class QueueSink(PackedSink):
             self._raise_if_failed()
             self._start_put(message)
         except BaseException:
-            with self._room:
-                self._outstanding -= 1
-                self._room.notify_all()
+            with self._lock:
+                self._free_room()
             raise
 
     def _take_room(self, message: Message) -> None:
@@ -255,25 +258,22 @@ class QueueSink(PackedSink):
             self._outstanding += 1
 
     def _before_waiting(self) -> None:
-        """Called (under the lock) before the caller blocks for room: a sink may start what it holds."""
+        """Called (under the lock) before the caller blocks on the window: a sink may start what it holds."""
 
     def _start_put(self, message: Message) -> None:
         """Start the put (on the pool); the room is taken."""
-        future = self._submit(message)
-        with self._lock:
-            self._inflight.add(future)
-        future.add_done_callback(functools.partial(self._done, message))
+        self._submit(message).add_done_callback(functools.partial(self._done, message))
+
+    def _wait_ended(self) -> None:
+        """Wait until every put started has ended."""
+        with self._room:
+            if self._outstanding:
+                self._before_waiting()
+            self._room.wait_for(lambda: not self._outstanding)
 
     def flush(self) -> None:
         """Wait for every put in flight, then raise the first failure, if any."""
-        while True:
-            with self._lock:
-                pending = list(self._inflight)
-            if not pending:
-                break
-            for f in pending:
-                with contextlib.suppress(BaseException):  # recorded by _done, raised below
-                    f.result()
+        self._wait_ended()
         self._raise_if_failed()
 
     def close(self) -> None:
