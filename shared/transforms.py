@@ -265,21 +265,28 @@ class RowTransformer(RowStage):
         self._rows = 0
         self._unconverted: dict[str, _Unconverted] = {}
         self._emitters: dict[str, tuple[str, Emitter]] = {}
-        self._plan: list[tuple[str, str, Emitter]] = [(n, *self._emitter(n)) for n in settings.columns]
-        self._pick = operator.itemgetter(*settings.columns) if settings.columns else None
         #: Columns whose texts are worth caching (identifiers, dates): value -> JSON text.
-        self._texts: dict[str, dict[str, str]] = {
-            name: {} for name, _, emit in self._plan if emit not in (_as_json, _double_json, _boolean_json)
-        }
-        #: The whole output row with a ``%s`` for each kept column's text, filled in one C call a row.
-        self._template = "{" + ",".join(prefix.replace("%", "%%") + "%s" for _, prefix, _ in self._plan) + "}"
+        self._texts: dict[str, dict[str, str]] = {}
+        #: Each kept column's name, prefix and emitter, and the whole output row with a ``%s`` for each.
+        self._plan, self._template = self._plan_of(settings.columns)
+        self._pick = operator.itemgetter(*settings.columns) if settings.columns else None
         #: For the validator: reads the kept columns of a parsed row, so the row need not be parsed
         #: again here (:meth:`hand_over`). Only for two columns or more (itemgetter then gives a tuple).
         self.pick: Callable[[Any], tuple[Any, ...]] | None = self._pick if len(self._plan) > 1 else None
         self.pick_columns: tuple[str, ...] = settings.columns  # what :attr:`pick` reads, in order
         self._handed: tuple[list[bytes], list[tuple[Any, ...]]] | None = None
-        #: Without an allowlist: the last row layout seen (its columns in order), as a plan, pick and template.
+        #: Without an allowlist: the last row layout seen (its columns in order), its plan and template.
         self._layout: tuple[tuple[str, ...], list[tuple[str, str, Emitter]], str] | None = None
+
+    def _plan_of(self, columns: tuple[str, ...]) -> tuple[list[tuple[str, str, Emitter]], str]:
+        """The plan (name, prefix, emitter) of rows written with these columns, and their row template."""
+        plan = [(n, *self._emitter(n)) for n in columns]
+        for name, _, emit in plan:
+            if emit not in (_as_json, _double_json, _boolean_json):
+                self._texts.setdefault(name, {})
+        # The whole output row, filled in one C call a row.
+        template = "{" + ",".join(prefix.replace("%", "%%") + "%s" for _, prefix, _ in plan) + "}"
+        return plan, template
 
     def _emitter(self, name: str) -> tuple[str, Emitter]:
         """The column's ``"name":`` prefix and its emitter."""
@@ -406,12 +413,7 @@ class RowTransformer(RowStage):
     def _layout_of(self, keys: tuple[str, ...]) -> tuple[list[tuple[str, str, Emitter]], str]:
         """The plan and template for rows with exactly these columns in this order."""
         if self._layout is None or self._layout[0] != keys:
-            plan = [(n, *self._emitter(n)) for n in keys]
-            for name, _, emit in plan:
-                if emit not in (_as_json, _double_json, _boolean_json):
-                    self._texts.setdefault(name, {})
-            template = "{" + ",".join(prefix.replace("%", "%%") + "%s" for _, prefix, _ in plan) + "}"
-            self._layout = (keys, plan, template)
+            self._layout = (keys, *self._plan_of(keys))
         return self._layout[1], self._layout[2]
 
     def _by_row_layout(self, rows: list[bytes], start: int) -> list[bytes] | None:
