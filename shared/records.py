@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 from .tables import as_utc, entity_props
 
@@ -45,6 +45,19 @@ class Column:
     attr: str
     name: str
     kind: Kind
+
+
+#: The kinds by short name, for the codecs' column tables.
+STR: Final[Kind] = "str"
+INT: Final[Kind] = "int"
+FLOAT: Final[Kind] = "float"
+BOOL: Final[Kind] = "bool"
+DATETIME: Final[Kind] = "datetime"
+
+
+def columns(*specs: tuple[str, str, Kind]) -> list[Column]:
+    """The columns of (field, stored name, Table type) triples, in order."""
+    return [Column(attr, name, kind) for attr, name, kind in specs]
 
 
 def _typed(value: Any, kind: Kind) -> Any | None:

@@ -12,7 +12,10 @@ from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from .records import Column, RecordCodec
+from .records import BOOL as _B
+from .records import DATETIME as _D
+from .records import STR as _S
+from .records import RecordCodec, columns
 from .tenants import FactoryRef
 
 #: Data Factory's statuses of a run that has not ended yet.
@@ -106,33 +109,28 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-_S, _B, _D = "str", "bool", "datetime"
-
 #: The run ledger's columns: field, stored name, Table type. The one place that knows them.
 RUN_CODEC: Final = RecordCodec(
     RunRecord,
     ("tenant_id", "run_id"),
-    [
-        Column(attr, name, kind)  # type: ignore[arg-type]
-        for attr, name, kind in (
-            ("status", "Status", _S),
-            ("message", "Message", _S),
-            ("display_name", "DisplayName", _S),
-            ("trigger", "Trigger", _S),
-            ("started_at", "StartedAt", _D),
-            ("run_start", "RunStart", _D),
-            ("run_end", "RunEnd", _D),
-            ("last_checked_at", "LastCheckedAt", _D),
-            ("subscription_id", "SubscriptionId", _S),
-            ("resource_group", "ResourceGroup", _S),
-            ("factory_name", "FactoryName", _S),
-            ("pipeline", "Pipeline", _S),
-            ("parameters", "Parameters", _S),
-            ("watch", "Watch", _B),
-            ("no_drop_alert", "NoDropAlert", _B),
-            ("no_drop_alert_at", "NoDropAlertAt", _D),
-            ("drop_id", "DropId", _S),
-            ("drop_state", "DropState", _S),
-        )
-    ],
+    columns(
+        ("status", "Status", _S),
+        ("message", "Message", _S),
+        ("display_name", "DisplayName", _S),
+        ("trigger", "Trigger", _S),
+        ("started_at", "StartedAt", _D),
+        ("run_start", "RunStart", _D),
+        ("run_end", "RunEnd", _D),
+        ("last_checked_at", "LastCheckedAt", _D),
+        ("subscription_id", "SubscriptionId", _S),
+        ("resource_group", "ResourceGroup", _S),
+        ("factory_name", "FactoryName", _S),
+        ("pipeline", "Pipeline", _S),
+        ("parameters", "Parameters", _S),
+        ("watch", "Watch", _B),
+        ("no_drop_alert", "NoDropAlert", _B),
+        ("no_drop_alert_at", "NoDropAlertAt", _D),
+        ("drop_id", "DropId", _S),
+        ("drop_state", "DropState", _S),
+    ),
 )
