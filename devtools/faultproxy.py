@@ -135,26 +135,22 @@ class FaultProxy:
         with self._lock:
             self.seen.append(Seen(method, path, fault))
 
-    def fail_next(self, count: int, status: int = 503, *, method: str = "", path_contains: str = "") -> Rule:
-        """Answer the next ``count`` matching requests with ``status`` (not forwarded)."""
-        rule = Rule("status", count, method, path_contains, status=status)
+    def _add(self, rule: Rule) -> Rule:
         with self._lock:
             self.rules.append(rule)
         return rule
+
+    def fail_next(self, count: int, status: int = 503, *, method: str = "", path_contains: str = "") -> Rule:
+        """Answer the next ``count`` matching requests with ``status`` (not forwarded)."""
+        return self._add(Rule("status", count, method, path_contains, status=status))
 
     def cut_next(self, count: int, after_bytes: int, *, method: str = "GET", path_contains: str = "") -> Rule:
         """Forward the next ``count`` matching requests but cut each response body after ``after_bytes``."""
-        rule = Rule("cut", count, method, path_contains, after_bytes=after_bytes)
-        with self._lock:
-            self.rules.append(rule)
-        return rule
+        return self._add(Rule("cut", count, method, path_contains, after_bytes=after_bytes))
 
     def hold_next(self, count: int, *, method: str = "", path_contains: str = "", body_contains: bytes = b"") -> Rule:
         """Hold the next ``count`` matching requests until ``rule.release`` is set, then forward them."""
-        rule = Rule("hold", count, method, path_contains, body_contains=body_contains)
-        with self._lock:
-            self.rules.append(rule)
-        return rule
+        return self._add(Rule("hold", count, method, path_contains, body_contains=body_contains))
 
     def faults(self) -> list[Seen]:
         """Requests that got a fault."""
