@@ -370,3 +370,52 @@ def test_a_stalled_put_holds_later_puts_within_the_window(azurite: Azurite, path
         sink.close()
         stored = sorted(int(m.content.removeprefix("message-")) for m in queue.receive_messages(max_messages=32))
         assert stored == list(range(20))
+
+
+@pytest.mark.parametrize("path", ["threads", "async"])
+def test_a_put_refused_while_another_waits_for_the_window_ends_the_sink_cleanly(azurite: Azurite, path: str) -> None:
+    """The put that was waiting for room raises the refusal, and flush raises it too instead of waiting forever."""
+    from shared import delivery
+    from shared.errors import TransientError
+    from shared.messages import Envelope, Message
+
+    with FaultProxy(azurite.queue_port) as proxy:
+        cs = azurite.connection_string.replace(f":{azurite.queue_port}/", f":{proxy.port}/")
+        queue = QueueClient.from_connection_string(cs, f"missing{uuid.uuid4().hex[:12]}")  # never created: 404
+        holds = [proxy.hold_next(1, method="POST", body_contains=f">message-{i}<".encode()) for i in range(4)]
+        twin = functools.partial(delivery.async_twin, queue)
+        sink = delivery.queue_sink(path, queue, twin, Envelope(str(uuid.uuid4()), "d", "t"), "json", concurrency=2)
+        outcome: list[BaseException] = []
+        submitted: list[int] = []
+
+        def produce() -> None:
+            try:
+                for i in range(5):  # the window holds four: the fifth waits until one of them ends
+                    sink.put(Message(seq=i, first_row=i, row_count=1, payload=f"message-{i}"))  # type: ignore[attr-defined]
+                    submitted.append(i)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        deadline = time.monotonic() + 60
+        while (sum(h.hits for h in holds) < 2 or len(submitted) < 4) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the first puts are held; the fifth is waiting for room
+        producer.join(0.2)
+        for hold in holds:
+            hold.release.set()  # the puts reach the queue now, which does not exist
+        producer.join(60)
+        # A missing queue may come back: transient.
+        assert submitted == [0, 1, 2, 3] and [type(e) for e in outcome] == [TransientError]
+
+        def flush() -> None:
+            try:
+                sink.flush()  # type: ignore[attr-defined]
+            except BaseException as exc:
+                outcome.append(exc)
+
+        flushing = threading.Thread(target=flush, daemon=True)
+        flushing.start()
+        flushing.join(60)
+        assert not flushing.is_alive() and [type(e) for e in outcome] == [TransientError] * 2
+        sink.close()
