@@ -10,10 +10,8 @@ See ``docs/messages.md``.
 from __future__ import annotations
 
 import json
-import os
 from bisect import bisect_right
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, islice
 from typing import Any
@@ -35,12 +33,6 @@ MAX_COMPRESSION_RATIO = 64.0
 MAX_ROWS_PER_MESSAGE = 20_000
 _GZIP_WBITS = GZIP_WBITS  # older names; the encodings' home is shared/encodings.py
 _GZIP_LEVEL = GZIP_LEVEL
-#: Compress each message of a compressed encoding on a thread of its own while the caller decodes
-#: on (``isal`` releases the GIL while it compresses); the messages are those of compressing inline.
-#: Off: on the shared 2-core benchmark machine it measured slower and dearer (docs/performance.md).
-COMPRESS_AHEAD = False
-#: The process's compression threads (one per core, at most 4; started on first use).
-_COMPRESSION = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="compress")
 _plus_one = (1).__add__  # a row's length plus its separator, without a Python-level call per row
 
 
@@ -81,18 +73,8 @@ def decode_message(payload: str | bytes) -> dict[str, Any]:
 class MessagePacker:
     """Turns batches of raw JSON rows into messages that fit the queue limit as stored."""
 
-    def __init__(
-        self,
-        envelope: Envelope,
-        encoding: str = "gzip-base64",
-        limit: int = QUEUE_MESSAGE_LIMIT,
-        *,
-        compress_ahead: bool = COMPRESS_AHEAD,
-    ):
+    def __init__(self, envelope: Envelope, encoding: str = "gzip-base64", limit: int = QUEUE_MESSAGE_LIMIT):
         self._codec = message_encoding(encoding)  # ValueError for an unknown one
-        #: Compress each message on the compression thread while the caller decodes the next rows.
-        self._compress_ahead = compress_ahead and self._codec.compressed
-        self._ahead: tuple[int, bytes, Future[str]] | None = None
         keep_heap_warm()  # compressing a message allocates several blocks of 100 KiB and more
         self.envelope = envelope
         self.encoding = encoding
@@ -193,42 +175,15 @@ class MessagePacker:
             self._pending_bytes + len(self._pending) > self._raw_target() or len(self._pending) > MAX_ROWS_PER_MESSAGE
         )
 
-    def _start_ahead(self) -> int:
-        """Start compressing the next message on a compression thread (its rows stay pending until
-        it is settled); returns the bytes pending beyond it."""
-        n = self._first_guess()
-        body = self._body(n)
-        self._ahead = (n, body, _COMPRESSION.submit(encode_body, body, self.encoding))
-        return self._pending_bytes - len(body)
-
-    def _settle_ahead(self) -> Message:
-        assert self._ahead is not None
-        n, body, future = self._ahead
-        self._ahead = None
-        return self._settle(n, body, future.result())
-
     def add(self, rows: list[bytes]) -> Iterator[Message]:
         """Add rows; yields every message that is full."""
         self._pending.extend(rows)
         self._pending_bytes += sum(map(len, rows))
-        if not self._compress_ahead:
-            while self._cut_due():
-                yield self._cut()
-            return
-        # The next cut depends on the ratio the message in flight gives, so it is settled first; a
-        # message is then cut exactly where packing inline cuts it, whatever the batches.
-        while True:
-            if self._ahead is not None:
-                yield self._settle_ahead()
-            if not self._cut_due():
-                return
-            if self._start_ahead() <= MAX_ROW_BYTES:
-                return  # let the caller decode on while the message compresses
+        while self._cut_due():
+            yield self._cut()
 
     def finish(self) -> Iterator[Message]:
         """Flush the rows still pending (the last, partly filled messages)."""
-        if self._ahead is not None:
-            yield self._settle_ahead()
         while self._pending:
             yield self._cut()
 
