@@ -190,7 +190,7 @@ class RecordedRequest(NamedTuple):
 
 @dataclass
 class Reply:
-    """An HTTP answer: ``body`` is JSON-serialised when not None (None means an empty body).
+    """An HTTP answer: ``body`` is JSON-serialised unless it is bytes (None means an empty body).
 
     ``injected``: the answer is a fault a test asked for (:meth:`HttpsStandIn.fail_next`, an outage).
     """
@@ -304,7 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length > 0 else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         reply = self.server.owner._process(self.command, self.path, headers, raw)
-        payload = b"" if reply.body is None else json.dumps(reply.body).encode("utf-8")
+        body = reply.body
+        payload = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
         self.send_response(reply.status)
         out_headers = {"x-ms-request-id": str(uuid.uuid4()), **reply.headers}
         if payload:

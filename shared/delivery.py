@@ -32,7 +32,6 @@ import collections
 import contextlib
 import queue as queue_mod
 import threading
-import urllib.request
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, Final
@@ -50,15 +49,17 @@ from azure.core.pipeline import AsyncPipeline
 from azure.core.rest import HttpRequest
 from azure.storage.queue.aio import QueueClient as AsyncQueueClient
 
-from .directput import DirectPutFailed, DirectQueuePut, direct_put_supported
+from .directput import DirectPutFailed, DirectQueuePut, direct_put_supported, env_proxy_applies
 from .encodings import message_encoding
+from .inlineput import SocketQueuePut
 from .messages import Envelope, Message
 from .sinks import PackedSink, QueueSink, RowSink
 
-#: ``async``: lean async puts on one event-loop thread (default); ``threads``: the SDK's
-#: ``send_message`` on a thread pool (the path before; kept for comparison).
-PUT_PATHS: Final = ("async", "threads")
-DEFAULT_PUT_PATH: Final = "async"
+#: ``inline``: puts on the decoding thread, each first attempted directly on a socket (default);
+#: ``async``: lean async puts on one event-loop thread (the default before); ``threads``: the SDK's
+#: ``send_message`` on a thread pool (the first path; kept for comparison).
+PUT_PATHS: Final = ("inline", "async", "threads")
+DEFAULT_PUT_PATH: Final = "inline"
 #: Row batches the decoder may be ahead of the packer (each at most one inflated piece, 256 KiB).
 #: Small, so that checkpoints (taken as the decoder hands batches over) follow the puts closely.
 PACKING_BACKLOG = 2
@@ -68,6 +69,8 @@ PACKING_BACKLOG = 2
 HANDOFF_BATCH: Final = 1
 #: The longest a handed-over message waits for the loop when no further message follows (seconds).
 HANDOFF_MAX_DELAY: Final = 0.02
+#: The longest the decoding thread waits for answers at once before it checks the attempts' deadlines.
+_ANSWER_WAIT_S: Final = 1.0
 _XML_HEAD = b"<?xml version='1.0' encoding='utf8'?>\n<QueueMessage><MessageText>"
 _XML_TAIL = b"</MessageText></QueueMessage>"
 #: The statuses the SDK's generated ``send_message`` maps to specific exceptions, mapped the same.
@@ -87,14 +90,6 @@ def _xml_text(payload: str) -> bytes:
     return payload.encode("utf-8")
 
 
-def _env_proxy_applies(url: str) -> bool:
-    """Whether the environment's proxy settings route ``url`` through a proxy (checked once)."""
-    host = urlsplit(url).hostname or ""
-    proxies = urllib.request.getproxies()
-    scheme = urlsplit(url).scheme
-    return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host)
-
-
 def async_queue_client(
     queue_url: str, credential: Any = None, *, connection_string: str | None = None, **kwargs: Any
 ) -> AsyncQueueClient:
@@ -105,7 +100,7 @@ def async_queue_client(
     The environment's proxy settings are looked up here once, not on every request as aiohttp's
     ``trust_env`` does (a ``.netrc`` read and a proxy lookup on a worker thread per put).
     """
-    kwargs.setdefault("use_env_settings", _env_proxy_applies(queue_url))
+    kwargs.setdefault("use_env_settings", env_proxy_applies(queue_url))
     if connection_string:
         name = urlsplit(queue_url).path.rstrip("/").rsplit("/", 1)[-1]
         return AsyncQueueClient.from_connection_string(connection_string, name, **kwargs)
@@ -293,6 +288,92 @@ class AsyncQueueSink(QueueSink):
         await self._put.close()
 
 
+class InlineQueueSink(QueueSink):
+    """A :class:`QueueSink` whose puts run on the decoding thread itself, with no thread or event loop.
+
+    Each put's first attempt is written directly on a keep-alive socket (:mod:`shared.inlineput`)
+    and :meth:`put` returns; answers are collected after each write and whenever the window is full.
+    A put whose direct attempt fails is done by the SDK's synchronous ``send_message`` (its retries,
+    its errors), on this thread. The window, the watermark and the error mapping are
+    :class:`QueueSink`'s. Clients a direct put cannot serve exactly put every message through the SDK.
+    """
+
+    def __init__(self, queue: Any, envelope: Envelope, encoding: str, **kwargs: Any) -> None:
+        super().__init__(queue, envelope, encoding, **kwargs)
+        self._pool.shutdown(wait=False)  # the thread pool is not used (it never started a thread)
+        self._escape = not message_encoding(encoding).name.endswith("base64")  # json text may hold &<>
+        #: The direct first attempts; None when the client is not one they can serve.
+        self.direct = (
+            SocketQueuePut(queue, time_to_live=self.time_to_live, max_connections=self._window)
+            if direct_put_supported(queue)
+            else None
+        )
+        #: Whether new puts are still attempted directly (not after an authorisation refusal).
+        self.going_direct = self.direct is not None
+        #: Messages whose direct attempt failed and went to the SDK put.
+        self.handed_over = 0
+
+    def _start_put(self, message: Message) -> None:
+        """Write the put's first attempt and collect the answers already in (the room is taken)."""
+        if self._before_put is not None:
+            self._before_put(message)
+        if self.going_direct:
+            assert self.direct is not None
+            text = _xml_text(message.payload) if self._escape else message.payload.encode("ascii")
+            try:
+                self.direct.start(b"".join((_XML_HEAD, text, _XML_TAIL)), message)
+            except DirectPutFailed:
+                self.handed_over += 1
+                self._put_through_sdk(message)
+            self._collect(0.0)
+        else:
+            self._put_through_sdk(message)
+
+    def _put_through_sdk(self, message: Message) -> None:
+        """Every further attempt of ``message``: the SDK's put, with its retries and errors."""
+        try:
+            self.queue.send_message(message.payload, time_to_live=self.time_to_live)
+        except Exception as exc:  # recorded as the threads' path records it, raised by put/flush
+            self._put_ended(message, exc)
+        else:
+            self._put_ended(message, None)
+
+    def _collect(self, timeout: float) -> None:
+        """Record the direct attempts that ended (waiting up to ``timeout`` for one)."""
+        if self.direct is None:
+            return
+        for answer in self.direct.answers(timeout):
+            if answer.delivered:
+                self._put_ended(answer.tag, None)
+                continue
+            if answer.status in (401, 403):
+                # Authorisation is the SDK's to sort out (a token challenge, a tenant): every
+                # further put goes through the SDK only.
+                self.going_direct = False
+            self.handed_over += 1
+            self._put_through_sdk(answer.tag)
+
+    def _take_room(self, message: Message) -> None:
+        """Collect answers until the window has room for ``message`` (or a put failed), and take it."""
+        while not self._has_room_for(message):
+            self._collect(_ANSWER_WAIT_S)
+        with self._lock:
+            self._outstanding += 1
+
+    def _wait_ended(self) -> None:
+        while self._outstanding:
+            self._collect(_ANSWER_WAIT_S)
+
+    def close(self) -> None:
+        """Wait for the puts in flight, then close the connections."""
+        if self.direct is not None:
+            try:
+                self._wait_ended()
+            finally:
+                self.direct.close()
+                self.direct = None
+
+
 class BackgroundPacking(RowSink):
     """Runs a packed sink's ``write`` on a thread of its own, so packing overlaps decoding.
 
@@ -378,7 +459,9 @@ def queue_sink(
     ``packing_thread`` packs on a thread of its own (:class:`BackgroundPacking`).
     """
     sink: PackedSink
-    if path == "threads":
+    if path == "inline":
+        sink = InlineQueueSink(sync_client, envelope, encoding, **kwargs)
+    elif path == "threads":
         sink = QueueSink(sync_client, envelope, encoding, **kwargs)
     elif path == "async":
         sink = AsyncQueueSink(async_client(), envelope, encoding, **kwargs)

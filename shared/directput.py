@@ -32,8 +32,10 @@ import hashlib
 import hmac
 import inspect
 import itertools
+import os
 import ssl
 import time
+import urllib.request
 import uuid
 from email.utils import formatdate
 from typing import Any, Final
@@ -83,33 +85,18 @@ class _Connection(asyncio.Protocol):
 
     def _parse(self) -> None:
         """Resolve the waiter with the status once the whole response is in the buffer."""
-        buffer = self._buffer
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > _MAX_HEAD:
-                self._fail("the response head is too long")
+        try:
+            answer = take_response(self._buffer)
+        except DirectPutFailed as exc:
+            self._fail(str(exc))
             return
-        head = bytes(buffer[:end]).lower()
-        if not head.startswith(b"http/1.1 "):
-            self._fail("a response that is not HTTP/1.1")
-            return
-        if b"\r\ntransfer-encoding: chunked" in head:
-            taken = _chunked_length(buffer, end + 4)
-        else:
-            at = head.find(b"\r\ncontent-length:")
-            if at < 0:
-                self._fail("a response without a length")
-                return
-            line_end = head.find(b"\r\n", at + 2)
-            taken = end + 4 + int(head[at + 17 : line_end if line_end > 0 else None])
-            taken = taken if len(buffer) >= taken else -1
-        if taken < 0:
+        if answer is None:
             return  # more to come
-        del buffer[:taken]
-        if b"\r\nconnection: close" in head:
+        status, close = answer
+        if close:
             self.closed = True
         assert self._waiter is not None
-        self._waiter.set_result(int(head[9:12]))
+        self._waiter.set_result(status)
 
     def _fail(self, why: str) -> None:
         self.closed = True
@@ -132,6 +119,39 @@ class _Connection(asyncio.Protocol):
             return await self._waiter
         finally:
             self._waiter = None
+
+
+def take_response(buffer: bytearray) -> tuple[int, bool] | None:
+    """Take one whole HTTP/1.1 response off the front of ``buffer``: its status and whether the
+    server closes the connection; None while it is incomplete; DirectPutFailed if it is not one."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > _MAX_HEAD:
+            raise DirectPutFailed("the response head is too long")
+        return None
+    head = bytes(buffer[:end]).lower()
+    if not head.startswith(b"http/1.1 "):
+        raise DirectPutFailed("a response that is not HTTP/1.1")
+    try:
+        return _take(buffer, head, end)
+    except ValueError as exc:  # a length or status that is not a number
+        raise DirectPutFailed(f"an unreadable response: {exc}") from exc
+
+
+def _take(buffer: bytearray, head: bytes, end: int) -> tuple[int, bool] | None:
+    if b"\r\ntransfer-encoding: chunked" in head:
+        taken = _chunked_length(buffer, end + 4)
+    else:
+        at = head.find(b"\r\ncontent-length:")
+        if at < 0:
+            raise DirectPutFailed("a response without a length")
+        line_end = head.find(b"\r\n", at + 2)
+        taken = end + 4 + int(head[at + 17 : line_end if line_end > 0 else None])
+        taken = taken if len(buffer) >= taken else -1
+    if taken < 0:
+        return None
+    del buffer[:taken]
+    return int(head[9:12]), b"\r\nconnection: close" in head
 
 
 def _chunked_length(buffer: bytearray, at: int) -> int:
@@ -180,14 +200,23 @@ class _BearerToken:
         self._value = ""
         self._refresh_at = 0.0
 
-    async def header(self) -> str:
-        if time.time() >= self._refresh_at:
-            token = self._credential.get_token(STORAGE_SCOPE)
-            if inspect.isawaitable(token):
-                token = await token
-            self._value = "Bearer " + token.token
-            self._refresh_at = token.expires_on - TOKEN_REFRESH_MARGIN_S
+    def _keep(self, token: Any) -> str:
+        self._value = "Bearer " + token.token
+        self._refresh_at = token.expires_on - TOKEN_REFRESH_MARGIN_S
         return self._value
+
+    async def header(self) -> str:
+        """The header's value (an async credential's ``get_token`` is awaited)."""
+        if time.time() < self._refresh_at:
+            return self._value
+        token = self._credential.get_token(STORAGE_SCOPE)
+        return self._keep(await token if inspect.isawaitable(token) else token)
+
+    def header_now(self) -> str:
+        """The header's value from a synchronous credential."""
+        if time.time() < self._refresh_at:
+            return self._value
+        return self._keep(self._credential.get_token(STORAGE_SCOPE))
 
 
 def _credential_kind(credential: Any) -> str | None:
@@ -201,19 +230,46 @@ def _credential_kind(credential: Any) -> str | None:
 
 
 def _verify(client: Any) -> bool | str | None:
-    """The transport's TLS verification (True, or a CA bundle's path); None when it is anything else."""
+    """The TLS verification the client's transport does (True, or a CA bundle's path); None when
+    it is anything else, or the caller gave the transport options of their own."""
     transport = client._config.transport
-    if type(transport).__name__ != "AioHttpTransport" or getattr(transport, "_session_kwargs", None):
-        return None  # a transport or session options given by the caller: the SDK's to honour
+    kind = type(transport).__name__
+    if kind == "AioHttpTransport":
+        if getattr(transport, "_session_kwargs", None) or not getattr(transport, "_session_owner", True):
+            return None  # the caller's session or session options: the SDK's to honour
+    elif kind == "RequestsTransport":
+        session = getattr(transport, "session", None)
+        if session is not None and not (
+            transport._session_owner and not session.proxies and session.verify is True and session.cert is None
+        ):
+            return None  # a session of the caller's, or one given proxies or TLS options
+    else:
+        return None  # a transport of the caller's
     config = getattr(transport, "connection_config", None)
     if config is None or config.cert is not None:
         return None
     verify = config.verify
+    if verify is True and kind == "RequestsTransport" and _uses_environment(client):
+        # requests trusts the environment's CA bundle when it trusts its proxies (``trust_env``).
+        verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     return verify if verify is True or isinstance(verify, str) else None
 
 
+def _uses_environment(client: Any) -> bool:
+    return bool(getattr(client._config.transport, "_use_env_settings", True))
+
+
+def env_proxy_applies(url: str) -> bool:
+    """Whether the environment's proxy settings route ``url`` through a proxy."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(parts.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
+        parts.hostname or ""
+    )
+
+
 def direct_put_supported(client: Any) -> bool:
-    """Whether :class:`DirectQueuePut` can put exactly as the SDK ``client`` would.
+    """Whether a direct put can put exactly as the SDK ``client`` (async or synchronous) would.
 
     Not for a proxy (given, or from the environment), a transport or TLS options of the caller's,
     an unknown credential type, or a bearer token over plain HTTP (which the SDK refuses to send).
@@ -223,22 +279,33 @@ def direct_put_supported(client: Any) -> bool:
     return (
         scheme in ("http", "https")
         and not getattr(client._config.proxy_policy, "proxies", None)
-        # async_queue_client turns the environment's settings off when no proxy of it applies
-        and not getattr(client._config.transport, "_use_env_settings", True)
+        and not (_uses_environment(client) and env_proxy_applies(client.url))
         and _verify(client) is not None
         and kind is not None
         and not (kind == "token" and scheme != "https")
     )
 
 
-class DirectQueuePut:
-    """Puts messages into one queue over keep-alive connections; 201 or :class:`DirectPutFailed`."""
+def tls_context(client: Any) -> ssl.SSLContext | None:
+    """The TLS context a direct put to ``client``'s queue uses (None over plain HTTP)."""
+    if urlsplit(client.url).scheme != "https":
+        return None
+    verify = _verify(client)
+    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
 
-    def __init__(self, client: Any, *, time_to_live: int, max_connections: int) -> None:
+
+class QueueRequests:
+    """The bytes of a put request to one queue, as the SDK writes and signs it.
+
+    The request line and fixed headers are built once; per message only the body,
+    ``Content-Length``, ``x-ms-date``, ``x-ms-client-request-id`` and the authorisation change.
+    """
+
+    def __init__(self, client: Any, *, time_to_live: int) -> None:
         parts = urlsplit(client.url)
-        self._host = parts.hostname or ""
-        self._tls = parts.scheme == "https"
-        self._port = parts.port or (443 if self._tls else 80)
+        self.host = parts.hostname or ""
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
         host_header = parts.netloc.rsplit("@", 1)[-1]
         path = f"{parts.path.rstrip('/')}/messages"
         query = f"messagettl={int(time_to_live)}" + (f"&{parts.query}" if parts.query else "")
@@ -251,7 +318,8 @@ class DirectQueuePut:
         credential = client.credential
         kind = _credential_kind(credential)
         self._shared_key: _SharedKey | None = None
-        self._bearer: _BearerToken | None = None
+        #: The bearer token to send (a ``TokenCredential``); None for Shared Key or a SAS.
+        self.bearer: _BearerToken | None = None
         if kind == "shared-key":
             resource = f"/{credential.account_name}{path}" + "".join(
                 f"\n{name.lower()}:{unquote(value)}"
@@ -261,18 +329,9 @@ class DirectQueuePut:
                 credential.account_name, credential.account_key, f"x-ms-version:{version}\n", resource
             )
         elif kind == "token":
-            self._bearer = _BearerToken(credential)
-        self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(max_connections)
-        verify = _verify(client)
-        cafile = verify if isinstance(verify, str) else None
-        self._ssl = ssl.create_default_context(cafile=cafile) if self._tls else None
-        #: Messages whose direct attempt failed and went to the SDK put (see the module's docstring).
-        self.handed_over = 0
+            self.bearer = _BearerToken(credential)
         self._request_ids = itertools.count()
         self._request_id_prefix = str(uuid.uuid4())[:24]  # then a per-request counter, as 12 hex digits
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._busy: dict[_Connection, float] = {}  # connection -> when its attempt times out
         self._date_second = -1
         self._date = ""
 
@@ -282,18 +341,35 @@ class DirectQueuePut:
             self._date_second, self._date = second, formatdate(second, usegmt=True)
         return self._date
 
-    async def _request(self, body: bytes) -> bytes:
+    def build(self, body: bytes, bearer: str = "") -> bytes:
+        """The request for ``body``; ``bearer`` is the token header's value when :attr:`bearer` is set."""
         date, request_id = self._now(), f"{self._request_id_prefix}{next(self._request_ids) & 0xFFFFFFFFFFFF:012x}"
-        auth = ""
+        auth = bearer
         if self._shared_key is not None:
             auth = self._shared_key.header(len(body), date, request_id)
-        elif self._bearer is not None:
-            auth = await self._bearer.header()
         head = (
             f"{self._head}x-ms-date: {date}\r\nx-ms-client-request-id: {request_id}\r\n"
             f"Content-Length: {len(body)}\r\n" + (f"Authorization: {auth}\r\n" if auth else "") + "\r\n"
         )
         return head.encode("latin-1") + body
+
+
+class DirectQueuePut:
+    """Puts messages into one queue over keep-alive connections; 201 or :class:`DirectPutFailed`."""
+
+    def __init__(self, client: Any, *, time_to_live: int, max_connections: int) -> None:
+        self._requests = QueueRequests(client, time_to_live=time_to_live)
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self._ssl = tls_context(client)
+        #: Messages whose direct attempt failed and went to the SDK put (see the module's docstring).
+        self.handed_over = 0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._busy: dict[_Connection, float] = {}  # connection -> when its attempt times out
+
+    async def _request(self, body: bytes) -> bytes:
+        bearer = self._requests.bearer
+        return self._requests.build(body, await bearer.header() if bearer is not None else "")
 
     async def _connection(self) -> _Connection:
         while self._idle:
@@ -301,8 +377,9 @@ class DirectQueuePut:
             if not connection.closed:
                 return connection
         loop = asyncio.get_running_loop()
+        host = self._requests.host
         _transport, connection = await loop.create_connection(
-            _Connection, self._host, self._port, ssl=self._ssl, server_hostname=self._host if self._tls else None
+            _Connection, host, self._requests.port, ssl=self._ssl, server_hostname=host if self._ssl else None
         )
         return connection
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from devtools.clock import ShiftedClock
 from shared.config import Settings
-from shared.delivery import AsyncQueueSink
+from shared.delivery import AsyncQueueSink, InlineQueueSink
 from shared.ingest import ingest_metadata_blob
 from shared.messages import Message
 from shared.runtime import Runtime
@@ -20,6 +20,7 @@ from shared.sinks import QueueSink
 
 _send = QueueSink._send
 _send_async = AsyncQueueSink._send_async
+_start_inline = InlineQueueSink._start_put
 #: Seconds this worker's clock runs ahead of the wall clock (past the leases of the workers killed before it).
 CLOCK_SHIFT_SETTING = "FAULT_WORKER_CLOCK_SHIFT_S"
 
@@ -34,9 +35,15 @@ async def _traced_send_async(self: AsyncQueueSink, message: Message) -> None:
     await _send_async(self, message)
 
 
+def _traced_start_inline(self: InlineQueueSink, message: Message) -> None:
+    print(f"PUT {message.seq}", flush=True)
+    _start_inline(self, message)
+
+
 def main() -> int:
     QueueSink._send = _traced_send  # type: ignore[method-assign]
     AsyncQueueSink._send_async = _traced_send_async  # type: ignore[method-assign]
+    InlineQueueSink._start_put = _traced_start_inline  # type: ignore[method-assign]
     container, blob = sys.argv[1], sys.argv[2]
     clock = ShiftedClock(timedelta(seconds=float(os.environ.get(CLOCK_SHIFT_SETTING, "0"))))
     outcome = ingest_metadata_blob(Runtime(Settings.from_env(), clock=clock), container, blob)

@@ -76,12 +76,14 @@ def test_the_shipped_path_stores_exactly_the_messages_of_the_path_before(azurite
         assert sink.delivered_seq == completion["seq"] == len(texts) - 1
         assert sink.delivered_rows == len(rows)
         assert all(len(t) <= QUEUE_MESSAGE_LIMIT for t in texts)
-    assert results["async"] == results["threads"] == results["async-thread"] == results["threads-thread"]
-    delivered = [r for t in results["async"][:-1] for r in decode_message(t)["rows"]]
+    assert len(results) == 2 * len(delivery.PUT_PATHS)
+    assert all(texts == results["threads"] for texts in results.values())
+    delivered = [r for t in results[delivery.DEFAULT_PUT_PATH][:-1] for r in decode_message(t)["rows"]]
     assert delivered[700:740] == [json.loads(r) for r in MARKUP_ROWS]
 
 
-def test_a_resumed_attempt_sends_only_what_follows_the_checkpoint(azurite: Azurite) -> None:
+@pytest.mark.parametrize("path", delivery.PUT_PATHS)
+def test_a_resumed_attempt_sends_only_what_follows_the_checkpoint(azurite: Azurite, path: str) -> None:
     rows = list(generate_rows(2000))
     first = new_queue(azurite)
     deliver(
@@ -92,7 +94,7 @@ def test_a_resumed_attempt_sends_only_what_follows_the_checkpoint(azurite: Azuri
     end_row = sum(len(decode_message(t)["rows"]) for t in everything[: checkpoint + 1])
     queue = new_queue(azurite)
     sink = delivery.queue_sink(
-        "async",
+        path,
         queue,
         functools.partial(delivery.async_twin, queue),
         ENVELOPE,
@@ -105,9 +107,10 @@ def test_a_resumed_attempt_sends_only_what_follows_the_checkpoint(azurite: Azuri
     assert sink.delivered_seq == len(everything) - 1
 
 
-def test_a_refused_put_is_a_transient_error_with_the_status(azurite: Azurite) -> None:
+@pytest.mark.parametrize("path", delivery.PUT_PATHS)
+def test_a_refused_put_is_a_transient_error_with_the_status(azurite: Azurite, path: str) -> None:
     queue = QueueClient.from_connection_string(azurite.connection_string, f"missing-{uuid.uuid4().hex[:8]}")
-    sink = delivery.queue_sink("async", queue, functools.partial(delivery.async_twin, queue), ENVELOPE, "json")
+    sink = delivery.queue_sink(path, queue, functools.partial(delivery.async_twin, queue), ENVELOPE, "json")
     with pytest.raises(TransientError, match="HTTP 404"):
         deliver(sink, [list(generate_rows(300))])
     assert sink.delivered_seq == -1 and sink.messages_sent == 0
@@ -116,7 +119,7 @@ def test_a_refused_put_is_a_transient_error_with_the_status(azurite: Azurite) ->
 def test_a_row_too_large_is_raised_on_the_decoding_thread_as_itself(azurite: Azurite) -> None:
     queue = new_queue(azurite)
     twin = functools.partial(delivery.async_twin, queue)
-    sink = delivery.queue_sink("async", queue, twin, ENVELOPE, "json", packing_thread=True)
+    sink = delivery.queue_sink(delivery.DEFAULT_PUT_PATH, queue, twin, ENVELOPE, "json", packing_thread=True)
     huge = b'{"v":"' + b"x" * QUEUE_MESSAGE_LIMIT + b'"}'
     with pytest.raises(RowTooLarge, match="row 11"):
         deliver(sink, [list(generate_rows(10)), [huge], list(generate_rows(10))])

@@ -23,6 +23,18 @@ from shared.messages import Envelope, decode_message
 ENVELOPE = Envelope("0b5e11c4-9a7d-4f3e-8c2b-6d1e0f3a5b7c", "drop-1", "table")
 
 
+#: What the queue service answers a put with (the SDK's synchronous ``send_message`` reads it).
+_PUT_ANSWER = (
+    b'<?xml version="1.0" encoding="utf-8"?><QueueMessagesList><QueueMessage>'
+    b"<MessageId>5974b586-0df3-4e2d-ad0c-18e3892bfca2</MessageId>"
+    b"<InsertionTime>Fri, 09 Oct 2026 21:04:30 GMT</InsertionTime>"
+    b"<ExpirationTime>Fri, 16 Oct 2026 21:04:30 GMT</ExpirationTime>"
+    b"<PopReceipt>YzQ4Yzg1MDItYTc0Ny00OWNjLTkzMTYtYzdmZDQ0ZDQ4MDk3</PopReceipt>"
+    b"<TimeNextVisible>Fri, 09 Oct 2026 21:04:30 GMT</TimeNextVisible>"
+    b"</QueueMessage></QueueMessagesList>"
+)
+
+
 class QueueStandIn(HttpsStandIn):
     """An HTTPS queue endpoint that takes bearer-authorised puts (bodies kept as XML text)."""
 
@@ -38,7 +50,7 @@ class QueueStandIn(HttpsStandIn):
         if request.method != "POST" or not request.path.endswith("/messages"):
             return Reply(400)
         self.bodies.append(request.body)
-        return Reply(201, headers={"Content-Type": "application/xml"})
+        return Reply(201, body=_PUT_ANSWER, headers={"Content-Type": "application/xml"})
 
 
 def put_all(put: delivery.LeanQueuePut, payloads: list[str]) -> None:

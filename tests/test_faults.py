@@ -330,7 +330,7 @@ def test_resume_after_a_settings_change_packs_as_the_first_attempt(azurite: Azur
     audit(relay, list(generate_rows(3000)), interruptions=1)
 
 
-@pytest.mark.parametrize("path", ["threads", "async"])
+@pytest.mark.parametrize("path", ["threads", "async", "inline"])
 def test_a_stalled_put_holds_later_puts_within_the_window(azurite: Azurite, path: str) -> None:
     """Behind one stalled put, no message is sent more than the window past the watermark (re-send bound)."""
     from shared import delivery
@@ -372,7 +372,7 @@ def test_a_stalled_put_holds_later_puts_within_the_window(azurite: Azurite, path
         assert stored == list(range(20))
 
 
-@pytest.mark.parametrize("path", ["threads", "async"])
+@pytest.mark.parametrize("path", ["threads", "async", "inline"])
 def test_a_put_refused_while_another_waits_for_the_window_ends_the_sink_cleanly(azurite: Azurite, path: str) -> None:
     """The put that was waiting for room raises the refusal, and flush raises it too instead of waiting forever."""
     from shared import delivery
