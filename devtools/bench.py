@@ -13,8 +13,9 @@ and measures, each in a fresh process so that peak RSS belongs to one variant al
 - ``transformed``: the contract check and every row transform together (typed values, a
   ``TRANSFORM_COLUMNS`` allowlist, pseudonymised person ids), packed in the shipped encoding;
 - ``azurite``: a smaller drop delivered into a real Azurite queue with the default put concurrency,
-  with our CPU time and Azurite's, to say which side limits delivery; the shipped path and the
-  one before it (``-before``: the SDK's ``send_message`` on threads), interleaved;
+  with our CPU time and Azurite's, to say which side limits delivery; the shipped path, the asyncio
+  path shipped before it (``-async``) and the first one (``-before``: the SDK's ``send_message`` on
+  threads), interleaved;
 - ``consume``: the 50 MB drop's messages from the queue into published PostgreSQL rows by the reference
   consumer, next to a plain ``COPY`` of the same rows into the same server (``devtools/bench_consume.py``).
 
@@ -77,6 +78,8 @@ CONSUME_MB = 50
 PUT_CPU_FORMAT = " put_cpu_ms={x}"
 #: Suffix of the delivery variant that runs the path before (the SDK's ``send_message`` on threads).
 BEFORE = "-before"
+#: Suffix of the delivery variant on the asyncio put path (the shipped path until the inline one).
+ASYNC = "-async"
 #: Suffix of the packed variant that packs on a thread of its own (``BackgroundPacking``, opt-in).
 THREAD = "-thread"
 
@@ -426,11 +429,12 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15)
 
 
-def measure_azurite(drop: BenchDrop, encoding: str, *, before: bool = False) -> Result:
+def measure_azurite(drop: BenchDrop, encoding: str, *, suffix: str = "") -> Result:
     """Deliver the drop into a real Azurite queue with the default put concurrency.
 
-    The shipped path (lean async puts on one event-loop thread), or the one before (``before``:
-    the SDK's ``send_message`` on a thread pool). Both pack inline.
+    The shipped path (puts on the decoding thread, first attempted directly on a socket), the asyncio
+    path (``-async``: puts on one event-loop thread), or the one before (``-before``: the SDK's
+    ``send_message`` on a thread pool). All pack inline.
     """
     import functools
 
@@ -449,7 +453,7 @@ def measure_azurite(drop: BenchDrop, encoding: str, *, before: bool = False) -> 
         queue.create_queue()
         queue.send_message("warm-up")  # the first put pays for connection set-up on both sides
         queue.clear_messages()
-        path = "threads" if before else delivery.DEFAULT_PUT_PATH
+        path = {BEFORE: "threads", ASYNC: "async"}.get(suffix, delivery.DEFAULT_PUT_PATH)
         twin = functools.partial(delivery.async_twin, queue)
         envelope = Envelope(BENCH_TENANT, "bench", "bench")
         sink = delivery.queue_sink(path, queue, twin, envelope, encoding, concurrency=concurrency)
@@ -463,7 +467,7 @@ def measure_azurite(drop: BenchDrop, encoding: str, *, before: bool = False) -> 
         theirs = _process_cpu_seconds(proc.pid) - azurite_cpu
         stored = queue.get_queue_properties().approximate_message_count
     return Result(
-        f"azurite-{encoding}{BEFORE if before else ''}",
+        f"azurite-{encoding}{suffix}",
         seconds,
         drop.plaintext_bytes,
         rows,
@@ -519,8 +523,8 @@ def _measure_in_process(args: argparse.Namespace) -> None:
         encoding = variant.removeprefix("packed-").removesuffix(THREAD)
         result = measure_packed(drop, encoding, thread=variant.endswith(THREAD))
     elif variant.startswith("azurite-"):
-        encoding = variant.removeprefix("azurite-").removesuffix(BEFORE)
-        result = measure_azurite(drop, encoding, before=variant.endswith(BEFORE))
+        suffix = next((x for x in (BEFORE, ASYNC) if variant.endswith(x)), "")
+        result = measure_azurite(drop, variant.removeprefix("azurite-").removesuffix(suffix), suffix=suffix)
     elif variant == "consume":
         result = measure_consume(drop)
     else:
@@ -685,7 +689,7 @@ def report_azurite(drop: BenchDrop, results: list[Result]) -> str:
 def deliver_into_azurite(
     workdir: Path, args: argparse.Namespace, *, log: Any, profile_dir: Path | None
 ) -> list[Result]:
-    """Delivery into Azurite: the shipped path and the one before, interleaved, then json as shipped.
+    """Delivery into Azurite: the shipped path, the asyncio one and the first, interleaved, then json as shipped.
 
     Returns the results, the shipped encoding on the shipped path first; prints the table.
     """
@@ -693,7 +697,7 @@ def deliver_into_azurite(
 
     drop = ensure_drop(workdir, parse_size(f"{args.azurite_mb}MB"), log=log)
     warm_page_cache(drop.data_file)
-    pair = [f"azurite-{args.encoding}", f"azurite-{args.encoding}{BEFORE}"]
+    pair = [f"azurite-{args.encoding}{suffix}" for suffix in ("", ASYNC, BEFORE)]
     runs: dict[str, list[Result]] = {v: [] for v in pair}
     for round_no in range(args.repeat):
         for variant in pair:

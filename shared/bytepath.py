@@ -33,6 +33,9 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 HEAP_TRIM_THRESHOLD = 8 * 1024 * 1024
 HEAP_MMAP_THRESHOLD = 1024 * 1024
+#: Lines at least this long on average are split by ``find`` rather than ``bytes.split`` (see
+#: :func:`_split_long_lines`; the two cost the same at about 1 KB a line on the benchmark machine).
+LONG_LINE_BYTES = 1024
 #: The largest row any message can carry (the packer's cap on a message's uncompressed body, see
 #: ``shared/messages.py``). A line is failed as soon as it grows past it: it could never be sent.
 MAX_ROW_BYTES = 1024 * 1024
@@ -203,6 +206,21 @@ class Gunzip:
             raise IntegrityError("the gzip stream is truncated: its last member has no end")
 
 
+def _split_long_lines(data: bytes) -> list[bytes]:
+    """``data.split(b"\\n")``, for long lines: ``bytes.split`` looks at every byte in turn (about
+    1 ns a byte), ``find`` skips to the next newline with ``memchr`` (tens of bytes a ns), so for
+    lines over about 1 KB one ``find`` and one slice per line cost less (2.5 times, for rows of 2.8 KB)."""
+    lines: list[bytes] = []
+    append, find = lines.append, data.find
+    start, end = 0, data.find(b"\n")
+    while end >= 0:
+        append(data[start:end])
+        start = end + 1
+        end = find(b"\n", start)
+    append(data[start:])
+    return lines
+
+
 class LineSplitter:
     """Splits plaintext into lines, carrying a partial line across pieces.
 
@@ -217,6 +235,7 @@ class LineSplitter:
         self._at_start = True
         self.max_line = max_line
         self.lines = 0  # complete lines returned so far (names the line that is too long)
+        self._long_lines = False  # the last piece's lines were long: split the next one by find
 
     @property
     def _carry(self) -> bytes:
@@ -248,7 +267,8 @@ class LineSplitter:
             return []
         # Split the piece itself (no copy of the whole block): the carried partial line joins the
         # first line, and what follows the last newline is the next carry.
-        lines = data.split(b"\n")
+        lines = _split_long_lines(data) if self._long_lines else data.split(b"\n")
+        self._long_lines = len(data) >= LONG_LINE_BYTES * len(lines)
         if self._pieces:
             lines[0] = self._carry + lines[0]
             self._pieces, self._carried = [], 0

@@ -146,3 +146,22 @@ def test_rows_pass_through_byte_for_byte() -> None:
         b'{"big":123456789012345678901234567890}',
     ]
     assert decode(encrypt(gzip.compress(b"\n".join(odd)))) == odd
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_lines_long_and_short_split_alike_whatever_the_pieces(crlf: bool) -> None:
+    """Long lines are split by ``find``, short ones by ``bytes.split``: the lines are the same either way."""
+    from shared.bytepath import LONG_LINE_BYTES, LineSplitter
+
+    rng = __import__("random").Random(7)
+    lengths = [rng.choice([0, 3, 40, LONG_LINE_BYTES - 1, LONG_LINE_BYTES * 3, 9000]) for _ in range(400)]
+    lines = [bytes([65 + i % 26]) * n for i, n in enumerate(lengths)]
+    end = b"\r\n" if crlf else b"\n"
+    data = end.join(lines) + end
+    for piece_size in (1, 7, 1000, 4096, 65536, len(data)):
+        splitter = LineSplitter()
+        got: list[bytes] = []
+        for at in range(0, len(data), piece_size):
+            got += splitter.feed(data[at : at + piece_size])
+        got += splitter.finish()
+        assert got == lines, piece_size
