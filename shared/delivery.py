@@ -1,28 +1,25 @@
-"""Delivery at the queue's speed: lean async queue puts, and packing on a thread of its own.
+"""Delivery at the queue's speed: the queue put paths, and packing on a thread of its own.
 
 The ``threads`` path (:class:`~shared.sinks.QueueSink`: the SDK's ``QueueClient.send_message`` on a
 pool of threads) spends about 3 ms of CPU per 64 KiB put, nearly all in the SDK's HTTP stack. The
-``async`` path (the default, ``DOWNSTREAM_PUT_PATH``) keeps the SDK but pays only for what a put
-needs (see docs/performance.md for the profile):
+``inline`` path (the default, :data:`DEFAULT_PUT_PATH`) and the ``async`` path keep the SDK for
+every retry and error but pay only for what a put needs (see docs/performance.md for the profiles):
 
-- :class:`LeanQueuePut`: the SDK's *async* ``QueueClient`` (aiohttp), its own credential, retry,
-  user-agent, request-id/date headers and logging policies in one short pipeline, and a message
-  body serialised once. Left out: per-request proxy lookups in the environment (done once here
-  instead), the generated operation's XML model (de)serialisation, tracing spans and header
-  logging of every put, redirect, content validation and response hooks. Each put's first
-  attempt is written directly on asyncio (:mod:`shared.directput`: the same request, signed with
-  the client's own credential, on keep-alive connections); anything but ``201 Created`` hands
-  the message to the SDK pipeline above, which does every further attempt with its retries and
-  raises its errors.
-- :class:`AsyncQueueSink`: many puts in flight on one event-loop thread instead of a thread each,
-  handed over in small batches. It is a :class:`~shared.sinks.QueueSink`: the same in-flight
-  window, the same contiguous acknowledged watermark (the checkpoint), the same error mapping.
-- :class:`BackgroundPacking` (opt-in, ``packing_thread=True``): packs and compresses on a second
-  thread while the caller decodes (``isal`` releases the GIL while it compresses). The packer sees
-  the same rows in the same order, so messages and ``seq`` are exactly what inline packing gives.
-  Not the default: on this project's busy 2-core benchmark machine it was slower and cost more CPU
-  than packing inline (docs/performance.md), and in delivery the put thread already uses the
-  second core.
+- :class:`InlineQueueSink` (default): the decoding thread writes each put's first attempt itself on
+  a keep-alive socket (:mod:`shared.inlineput`) and collects the answers after each write, with no
+  thread, event loop, task or future per put. A failed attempt goes to the SDK's synchronous
+  ``send_message`` (its retries, its errors), on the same thread.
+- :class:`LeanQueuePut` and :class:`AsyncQueueSink` (the default before): the SDK's *async*
+  ``QueueClient`` (aiohttp), its own credential, retry, user-agent, request-id/date headers and
+  logging policies in one short pipeline; each put's first attempt written directly on asyncio
+  (:mod:`shared.directput`), many puts in flight on one event-loop thread.
+- Both are :class:`~shared.sinks.QueueSink` subclasses: the same in-flight window, the same contiguous
+  acknowledged watermark (the checkpoint), the same error mapping. The first attempts share one
+  request builder (:class:`shared.directput.QueueRequests`: the SDK's request, signed as it signs).
+- :class:`BackgroundPacking` (opt-in, ``packing_thread=True``): packs on a second thread while the
+  caller decodes. The packer sees the same rows in the same order, so messages and ``seq`` are
+  exactly what inline packing gives. Not the default: compressing each message on a compression
+  thread (``shared.messages.COMPRESS_AHEAD``) overlaps what can overlap with less hand-over.
 """
 
 from __future__ import annotations
