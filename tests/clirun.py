@@ -54,13 +54,20 @@ def _pipe_text(data: bytes) -> str:
 def _environment(env: Mapping[str, str]) -> Iterator[None]:
     """``os.environ`` is exactly ``env`` inside (as for a subprocess given ``env=``), the test's again after."""
     saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
+    _set_environment(env)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        _set_environment(saved)
+
+
+def _set_environment(env: Mapping[str, str]) -> None:
+    # Only what differs changes: the test process's own threads (stand-ins, Azurite's log) read it meanwhile.
+    for name in [name for name in os.environ if name not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -143,7 +150,7 @@ def _run(
         stack.enter_context(_standard_streams(stdin, stdout, stderr))
         stack.enter_context(_fresh_logging())  # after the streams: basicConfig binds the CLI's stderr
         try:
-            code = main(list(args))
+            code = int(main(list(args)))
         except SystemExit as exit_:
             code = _exit_code(exit_)
         except Exception:  # what the interpreter does with an uncaught error (-v re-raises it)

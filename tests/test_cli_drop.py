@@ -85,6 +85,7 @@ def test_installed_entry_point_and_module_both_run() -> None:
         [sys.executable, "-m", "viva_relay", "--help"], capture_output=True, check=False, timeout=60
     )
     assert module.returncode == 0 and b"drop" in module.stdout
+    assert cli("--help").stdout == module.stdout  # the in-process runner the other tests use sees the same
 
 
 def test_decrypt_good_drop_streams_every_row(workspace: Path) -> None:
