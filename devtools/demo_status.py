@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+#: Runs ``viva-relay *args`` with the environment ``env`` and captures its output as text.
+CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -17,18 +21,19 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def status_step(env: dict[str, str], tenant: str, name: str = "Demo customer") -> int:
+def status_step(env: dict[str, str], tenant: str, name: str = "Demo customer", *, cli: CliRunner = _cli) -> int:
     """Register ``tenant`` (consent given today) if it is not yet, then print `viva-relay status`.
 
-    Returns the status command's exit code (0: nothing needs action, 1: problems listed).
+    Returns the status command's exit code (0: nothing needs action, 1: problems listed). ``cli(env, *args)``
+    runs each command (default: a ``python -m viva_relay`` subprocess, as the demo does).
     """
-    if _cli(env, "tenants", "show", "--tenant", tenant).returncode != 0:
+    if cli(env, "tenants", "show", "--tenant", tenant).returncode != 0:
         today = datetime.now(UTC).date().isoformat()
-        added = _cli(env, "tenants", "add", "--tenant", tenant, "--name", name, "--consent-date", today)
+        added = cli(env, "tenants", "add", "--tenant", tenant, "--name", name, "--consent-date", today)
         if added.returncode != 0:
             raise SystemExit(f"viva-relay tenants add failed: {added.stderr.strip()}")
     print("\n$ viva-relay status")
-    done = _cli(env, "status")
+    done = cli(env, "status")
     for line in done.stdout.splitlines():
         print(f"  {line}")
     print(f"  (exit {done.returncode}: {'nothing needs action' if done.returncode == 0 else 'problems listed above'})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections import Counter
 from datetime import date, timedelta
@@ -68,6 +69,19 @@ def put(queue: QueueClient, payloads: list[str]) -> None:
     """Send messages in this order."""
     for payload in payloads:
         queue.send_message(payload)
+
+
+def until_every_message_is_visible(queue: QueueClient, *, within: float) -> None:
+    """Wait until no message of the queue is hidden (those a stopped run received return after their
+    visibility timeout); a fixed sleep would wait the whole timeout from the moment it starts."""
+    deadline = time.monotonic() + within
+    while True:
+        total = queue.get_queue_properties().approximate_message_count or 0  # hidden ones included
+        assert total <= 32, total  # one peek sees them all
+        if len(queue.peek_messages(max_messages=32)) == total:
+            return
+        assert time.monotonic() < deadline, f"{total} messages, some still hidden after {within} s"
+        time.sleep(0.1)
 
 
 def published(url: str, tenant: str | None = None) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from shared.location import location_from_blob
 from shared.manifest import ReadBlob
 from shared.reprocess import reprocess_drop
 from shared.tables import utcnow
+from tests.clirun import run_cli
 from tests.conftest import Relay, make_relay
 from tests.test_ingest import expected_rows, rows_of
 
@@ -507,40 +507,20 @@ def test_cleanup_timer_function(
     assert '"deleted": 1' in caplog.text and "orphan drop" in caplog.text and unknown in caplog.text
 
 
-# -- the CLI, through its real entry point ---------------------------------------------------------
+# -- the CLI, through its main as a subprocess sees it (tests/clirun.py) ----------------------------
 
 
 def cli(relay: Relay, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = os.environ | relay.env | env
-    return subprocess.run(
-        [sys.executable, "-m", "viva_relay", "drops", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=full_env,
-        cwd=ROOT,
-        timeout=120,
-    )
+    return run_cli("drops", *args, env=os.environ | relay.env | env, cwd=ROOT)
 
 
 Cli = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 @pytest.fixture
-def here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
-    """The same CLI in this process (faster), for the cases beyond the subprocess ones."""
-    from viva_relay.cli.main import main
-
-    def run(relay: Relay, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        capsys.readouterr()
-        with monkeypatch.context() as m:
-            for key, value in (relay.env | env).items():
-                m.setenv(key, value)
-            code = main(["drops", *args])
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
-
-    return run
+def here() -> Cli:
+    """The same CLI, for the cases beyond the first ones (each call a fresh process's view: tests/clirun.py)."""
+    return cli
 
 
 def test_cli_list_and_show(relay: Relay, here: Cli) -> None:

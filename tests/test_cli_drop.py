@@ -1,4 +1,7 @@
-"""`viva-relay drop ...` and `keys create` through the real entry point, in a subprocess."""
+"""`viva-relay drop ...` and `keys create` through the CLI's ``main`` (tests/clirun.py: as a subprocess sees it).
+
+The installed ``viva-relay`` script and ``python -m viva_relay`` themselves run as real subprocesses once.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +18,14 @@ from typing import Any
 import pytest
 
 from devtools.simulate import generate_rows
+from tests.clirun import run_cli_bytes
 from viva_relay.cli.main import build_parser
 
 TENANT = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "viva_relay", *args],
-        capture_output=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-    )
+    return run_cli_bytes(*args, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +81,11 @@ def test_every_command_has_help() -> None:
 def test_installed_entry_point_and_module_both_run() -> None:
     exe = Path(sys.executable).parent / "viva-relay"
     assert subprocess.run([str(exe), "--help"], capture_output=True, check=False, timeout=60).returncode == 0
-    assert b"drop" in cli("--help").stdout
+    module = subprocess.run(
+        [sys.executable, "-m", "viva_relay", "--help"], capture_output=True, check=False, timeout=60
+    )
+    assert module.returncode == 0 and b"drop" in module.stdout
+    assert cli("--help").stdout == module.stdout  # the in-process runner the other tests use sees the same
 
 
 def test_decrypt_good_drop_streams_every_row(workspace: Path) -> None:

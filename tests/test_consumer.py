@@ -19,7 +19,16 @@ from shared.consumer import Consumer, drain
 from shared.errors import TransientError
 from shared.ingest import ingest_metadata_blob
 from tests.conftest import Relay
-from tests.consumerkit import PUBLISHED, PackedDrop, audit, drop_status, person_rows, published, put
+from tests.consumerkit import (
+    PUBLISHED,
+    PackedDrop,
+    audit,
+    drop_status,
+    person_rows,
+    published,
+    put,
+    until_every_message_is_visible,
+)
 from viva_relay.cli.main import main
 
 
@@ -168,7 +177,7 @@ def test_database_outage_is_transient_and_the_message_comes_back(relay: Relay, c
     with pytest.raises(TransientError):
         drain(consumer, relay.rt.queue)
     assert published(consumer_db, drop.tenant) == []
-    time.sleep(1.5)  # nothing was acknowledged: the messages become visible again
+    until_every_message_is_visible(relay.rt.queue, within=30)  # nothing was acknowledged: they come back
     report = drain(consumer, relay.rt.queue)  # the next run reconnects
     consumer.close()
     assert report.messages == len(drop.all())

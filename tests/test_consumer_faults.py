@@ -19,7 +19,7 @@ import pytest
 from shared.config import ConsumerSettings
 from shared.consumer import Consumer, DrainReport, drain
 from tests.conftest import Relay
-from tests.consumerkit import PackedDrop, audit, drop_status, person_rows, put
+from tests.consumerkit import PackedDrop, audit, drop_status, person_rows, put, until_every_message_is_visible
 
 ROOT = Path(__file__).resolve().parent.parent
 VISIBILITY = 2  # seconds a received message stays hidden: short, so a killed run's messages return fast
@@ -68,7 +68,7 @@ def kill_at(relay: Relay, url: str, point: str) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
-    time.sleep(VISIBILITY + 0.5)  # the messages the killed run held become visible again
+    until_every_message_is_visible(relay.rt.queue, within=VISIBILITY + 60)  # the killed run's messages return
 
 
 @pytest.mark.slow

@@ -29,12 +29,14 @@ def new_queue(azurite: Azurite) -> QueueClient:
 
 
 def stored(queue: QueueClient) -> list[str]:
-    """Every message's text as stored, in seq order (completion last)."""
+    """Every message's text as stored, in seq order (completion last).
+
+    Each queue is read once: a received message stays invisible for the 300 s, so none is read twice, and
+    32 come per request (the SDK's default page is one message: hundreds of requests for a json drop).
+    """
     texts = []
-    while batch := list(queue.receive_messages(max_messages=32, visibility_timeout=300)):
-        for m in batch:
-            texts.append(m.content)
-            queue.delete_message(m)
+    while batch := list(queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=300)):
+        texts += [m.content for m in batch]
     return sorted(texts, key=lambda t: decode_message(t)["seq"])
 
 

@@ -50,7 +50,7 @@ WINDOW = CHECKPOINT_EVERY + 4 + 2 * CONCURRENCY
 
 def raw_messages(relay: Relay) -> list[dict[str, Any]]:
     out = []
-    while batch := list(relay.rt.queue.receive_messages(max_messages=32, visibility_timeout=300)):
+    while batch := list(relay.rt.queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=300)):
         for m in batch:
             out.append(decode_message(m.content))
             relay.rt.queue.delete_message(m)
@@ -368,7 +368,10 @@ def test_a_stalled_put_holds_later_puts_within_the_window(azurite: Azurite, path
         sink.flush()  # type: ignore[attr-defined]
         assert submitted == list(range(20)) and sink.delivered_seq == 19
         sink.close()
-        stored = sorted(int(m.content.removeprefix("message-")) for m in queue.receive_messages(max_messages=32))
+        stored = sorted(
+            int(m.content.removeprefix("message-"))
+            for m in queue.receive_messages(messages_per_page=32, max_messages=32)
+        )
         assert stored == list(range(20))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,17 +27,15 @@ from shared.ledger import DropRecord
 from shared.location import location_from_blob
 from shared.runtime import Runtime
 from shared.tenants import Tenant, TenantRegistry
+from tests.clirun import run_cli
 from tests.conftest import Relay, make_relay
 
 FAST_RETRY = {"retry_total": 1, "retry_backoff_factor": 0.01}
 
 
 def cli(relay: Relay, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real entry point in a subprocess, configured like the relay."""
-    env = {**os.environ, **relay.env}
-    return subprocess.run(
-        [sys.executable, "-m", "viva_relay", *args], capture_output=True, text=True, check=False, timeout=120, env=env
-    )
+    """The CLI as a subprocess sees it (tests/clirun.py), configured like the relay."""
+    return run_cli(*args, env={**os.environ, **relay.env})
 
 
 def register(relay: Relay, tenant: str, name: str, *, consent_days_ago: int = 10) -> None:
@@ -240,7 +237,7 @@ def test_demo_status_step_registers_the_tenant_and_shows_its_row(
     ingest(relay, tenant)
     # The simulated rows copy Microsoft's v1 sample, which drifts from the published schema: the
     # contract check records it and status lists it as the one problem.
-    assert status_step({**os.environ, **relay.env}, tenant) == 1
+    assert status_step({**os.environ, **relay.env}, tenant, cli=lambda env, *args: run_cli(*args, env=env)) == 1
     out = capsys.readouterr().out
     assert "$ viva-relay status" in out and tenant in out and "Demo customer" in out
     assert "schema_drift" in out and "(exit 1: problems listed above)" in out

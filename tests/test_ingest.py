@@ -83,7 +83,7 @@ def test_every_message_fits_the_queue_limit_as_stored(azurite: Any, tmp_path: An
     outcome = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
     assert outcome.status == "delivered", outcome.reason
     raw = []
-    while batch := list(relay.rt.queue.receive_messages(max_messages=32, visibility_timeout=60)):
+    while batch := list(relay.rt.queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60)):
         for m in batch:
             raw.append(m.content)
             relay.rt.queue.delete_message(m)

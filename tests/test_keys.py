@@ -1,9 +1,10 @@
 """Tenant keys and onboarding: the real Key Vault clients against the local HTTPS stand-in.
 
-The library (``VaultKeys``, ``KeyFolder``) is exercised in-process; the CLI runs through its real
-entry point in a subprocess, reaching the stand-in through the standard CA-bundle variable and the
-test-only token hook. The end-to-end drop is wrapped with the vault key's public key, ingested
-into Azurite with the file key unwrapped by the stand-in, and decrypted again by the CLI.
+The library (``VaultKeys``, ``KeyFolder``) is exercised in-process; the CLI runs through ``main`` with
+the environment a subprocess would get (tests/clirun.py; a real subprocess where stdin is a terminal),
+reaching the stand-in through the standard CA-bundle variable and the test-only token hook. The
+end-to-end drop is wrapped with the vault key's public key, ingested into Azurite with the file key
+unwrapped by the stand-in, and decrypted again by the CLI.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from shared.keycheck import KeyRuleError, PassphraseNeeded
 from shared.keyfolder import KeyFolder, key_version, padding_for
 from shared.keyvault_admin import VaultKeys, public_key_from_vault
 from shared.runtime import Runtime, default_credential
+from tests.clirun import run_cli
 from tests.conftest import Relay, make_relay, read_queue
 from viva_relay.cli.main import main
 
@@ -87,20 +89,12 @@ def pem_of(key: rsa.RSAPrivateKey, password: bytes | None = None, *, pkcs1: bool
 def cli(
     *args: str, kv: KeyVaultStandIn | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The real entry point in a subprocess; with ``kv``, trusting the stand-in (test hooks only)."""
+    """The CLI as a subprocess sees it (tests/clirun.py); with ``kv``, trusting the stand-in (test hooks only)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("KEY_SOURCE", "KEY_VAULT_URL", "KEY_FOLDER")}
     if kv is not None:
         full_env |= {"REQUESTS_CA_BUNDLE": kv.cert_path, "VIVA_RELAY_TEST_TOKEN": kv.credential.token}
     full_env |= env or {}
-    return subprocess.run(
-        [sys.executable, "-m", "viva_relay", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env=full_env,
-        cwd=cwd,
-    )
+    return run_cli(*args, env=full_env, cwd=cwd)
 
 
 def no_private_material(text: str, *keys: rsa.RSAPrivateKey) -> bool:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,6 +34,7 @@ from shared.runtime import Runtime
 from shared.sinks import StreamSink
 from shared.sources import BlobDropSource
 from shared.tenants import Tenant
+from tests.clirun import run_cli
 from tests.conftest import Relay, make_relay
 from viva_relay.cli import common
 from viva_relay.cli.main import COMMANDS, build_parser, command_of
@@ -42,16 +42,9 @@ from viva_relay.cli.main import COMMANDS, build_parser, command_of
 SUB = "5b0f7a61-2c4d-4e8f-9a1b-3c5d7e9f1a2b"
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The real entry point in a subprocess, reading no settings file but the one given."""
-    return subprocess.run(
-        [sys.executable, "-m", "viva_relay", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-        env={**os.environ, "VIVA_RELAY_SETTINGS": "none", **(env or {})},
-    )
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI as a subprocess sees it (tests/clirun.py), reading no settings file but the one given."""
+    return run_cli(*args, env={**os.environ, "VIVA_RELAY_SETTINGS": "none", **(env or {})})
 
 
 @pytest.fixture
@@ -186,12 +179,11 @@ def test_runs_start_without_a_sign_in_says_not_signed_in_and_how(cloud: LocalClo
     tenant = str(uuid.uuid4())
     tenant_registry(Runtime(Settings.from_env(env))).add(Tenant(tenant_id=tenant, display_name="Contoso"))
     env = {k: v for k, v in env.items() if k != "VIVA_RELAY_TEST_TOKEN"}
-    done = subprocess.run(
-        [sys.executable, "-m", "viva_relay", "runs", "start", "--tenant", tenant],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    done = run_cli(
+        "runs",
+        "start",
+        "--tenant",
+        tenant,
         env={k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "VIVA_RELAY_TEST"))}
         | env
         | {"VIVA_RELAY_SETTINGS": "none", "PATH": "/usr/bin:/bin", "HOME": str(relay.tmp)},  # no az, no cache
@@ -203,12 +195,11 @@ def test_runs_start_without_a_sign_in_says_not_signed_in_and_how(cloud: LocalClo
 
 
 def test_keys_without_a_sign_in_say_not_signed_in_before_calling_the_vault(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "viva_relay", "keys", "check", "--vault-url", "https://contoso-relay.vault.azure.net"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    done = run_cli(
+        "keys",
+        "check",
+        "--vault-url",
+        "https://contoso-relay.vault.azure.net",
         env={k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "VIVA_RELAY_TEST"))}
         | {"VIVA_RELAY_SETTINGS": "none", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},  # no az, no cache
     )
