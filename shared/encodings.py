@@ -30,18 +30,10 @@ class MessageEncoding:
     body_limit: Callable[[int], int]
     #: True when the encoded size depends on the content (the packer then measures each message)
     compressed: bool = False
-    #: ``encode`` in two steps, for a compressed encoding: ``text(compress(body))``. ``compress`` is the
-    #: costly step and releases the GIL, so the packer may run it on another thread.
-    compress: Callable[[bytes], bytes] | None = None
-    text: Callable[[bytes], str] | None = None
-
-
-def _gzip(body: bytes) -> bytes:
-    return isal_zlib.compress(body, GZIP_LEVEL, GZIP_WBITS)
 
 
 def _gzip_base64(body: bytes) -> str:
-    return _base64(_gzip(body))
+    return base64.b64encode(isal_zlib.compress(body, GZIP_LEVEL, GZIP_WBITS)).decode("ascii")
 
 
 def _base64(body: bytes) -> str:
@@ -58,9 +50,7 @@ def _base64_limit(limit: int) -> int:
 
 #: In the order the settings list them (the first is the default).
 ENCODINGS: dict[str, MessageEncoding] = {
-    "gzip-base64": MessageEncoding(
-        "gzip-base64", _gzip_base64, _base64_limit, compressed=True, compress=_gzip, text=_base64
-    ),
+    "gzip-base64": MessageEncoding("gzip-base64", _gzip_base64, _base64_limit, compressed=True),
     "base64": MessageEncoding("base64", _base64, _base64_limit),
     "json": MessageEncoding("json", _json, lambda limit: limit),
 }

@@ -92,8 +92,8 @@ class MessagePacker:
         self._codec = message_encoding(encoding)  # ValueError for an unknown one
         #: Compress each message on the compression thread while the caller decodes the next rows.
         ahead = COMPRESS_AHEAD if compress_ahead is None else compress_ahead
-        self._compress_ahead = ahead and self._codec.compress is not None
-        self._ahead: tuple[int, bytes, Future[bytes]] | None = None
+        self._compress_ahead = ahead and self._codec.compressed
+        self._ahead: tuple[int, bytes, Future[str]] | None = None
         self._ahead_bytes = 0  # the row bytes of the message in flight
         keep_heap_warm()  # compressing a message allocates several blocks of 100 KiB and more
         self.envelope = envelope
@@ -200,18 +200,14 @@ class MessagePacker:
         it is settled)."""
         n = self._first_guess()
         body = self._body(n)
-        assert self._codec.compress is not None
-        self._ahead = (n, body, _COMPRESSION.submit(self._codec.compress, body))
+        self._ahead = (n, body, _COMPRESSION.submit(encode_body, body, self.encoding))
         self._ahead_bytes = sum(map(len, islice(self._pending, n)))
 
     def _settle_ahead(self) -> Message:
         assert self._ahead is not None
         n, body, future = self._ahead
         self._ahead = None
-        assert self._codec.text is not None
-        # The Base64 step holds the GIL: done here, the compression thread needs the GIL only to
-        # hand its result over.
-        return self._settle(n, body, self._codec.text(future.result()))
+        return self._settle(n, body, future.result())
 
     def _due_after_ahead(self) -> bool:
         """Whether the rows beyond the message in flight are about a message's worth: settle it then.
