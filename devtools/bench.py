@@ -82,9 +82,6 @@ BEFORE = "-before"
 ASYNC = "-async"
 #: Suffix of the packed variant that packs on a thread of its own (``BackgroundPacking``, opt-in).
 THREAD = "-thread"
-#: Suffix of the packed variant that compresses where the shipped packer does not (``COMPRESS_AHEAD``):
-#: on the decoding thread when the shipped packer compresses ahead on a thread, and the reverse.
-OTHER_COMPRESS = "-other-compress"
 
 
 @dataclass
@@ -378,16 +375,13 @@ def measure_decode(drop: BenchDrop) -> Result:
     return Result("decode", seconds, drop.plaintext_bytes, rows, _peak_rss_kib(), cpu_seconds=_cpu_seconds() - cpu)
 
 
-def measure_packed(drop: BenchDrop, encoding: str, *, thread: bool = False, other_compress: bool = False) -> Result:
+def measure_packed(drop: BenchDrop, encoding: str, *, thread: bool = False) -> Result:
     """The decode path plus message packing (counted, not sent): inline as shipped, or on a
-    packer thread of its own (``thread``), or compressing where the shipped packer does not."""
-    from shared import messages
+    packer thread of its own (``thread``)."""
     from shared.delivery import BackgroundPacking
     from shared.messages import Envelope
     from shared.sinks import CountingSink, RowSink
 
-    if other_compress:
-        messages.COMPRESS_AHEAD = not messages.COMPRESS_AHEAD
     sink = CountingSink(Envelope(BENCH_TENANT, "bench", "bench"), encoding)
     outer: RowSink = BackgroundPacking(sink) if thread else sink
     cpu = _cpu_seconds()
@@ -396,7 +390,7 @@ def measure_packed(drop: BenchDrop, encoding: str, *, thread: bool = False, othe
     finally:
         outer.close()
     return Result(
-        f"packed-{encoding}{THREAD if thread else ''}{OTHER_COMPRESS if other_compress else ''}",
+        f"packed-{encoding}{THREAD if thread else ''}",
         seconds,
         drop.plaintext_bytes,
         rows,
@@ -526,10 +520,8 @@ def _measure_in_process(args: argparse.Namespace) -> None:
     elif variant == "transformed":
         result = measure_transformed(drop, args.encoding)
     elif variant.startswith("packed-"):
-        encoding = variant.removeprefix("packed-").removesuffix(THREAD).removesuffix(OTHER_COMPRESS)
-        result = measure_packed(
-            drop, encoding, thread=variant.endswith(THREAD), other_compress=variant.endswith(OTHER_COMPRESS)
-        )
+        encoding = variant.removeprefix("packed-").removesuffix(THREAD)
+        result = measure_packed(drop, encoding, thread=variant.endswith(THREAD))
     elif variant.startswith("azurite-"):
         suffix = next((x for x in (BEFORE, ASYNC) if variant.endswith(x)), "")
         result = measure_azurite(drop, variant.removeprefix("azurite-").removesuffix(suffix), suffix=suffix)
@@ -583,10 +575,8 @@ def measure_size(
 ) -> dict[str, Result]:
     """Every variant on one drop; the repeated ones interleaved (so a busy moment hits them all)."""
     warm_page_cache(drop.data_file)
-    # The shipped encoding's packed path is measured three times: as shipped, compressing where the
-    # shipped packer does not (on the decoding thread, or ahead on a thread), and on a packer thread.
-    shipped = f"packed-{encodings[0]}"
-    variants = ["floor", "decode", shipped, f"{shipped}{OTHER_COMPRESS}", f"{shipped}{THREAD}"]
+    # The shipped encoding's packed path is measured twice: as shipped (inline), and on a thread.
+    variants = ["floor", "decode", f"packed-{encodings[0]}", f"packed-{encodings[0]}{THREAD}"]
     variants += [f"packed-{e}" for e in encodings[1:]]
     variants += ["contract", "transformed"]
     runs: dict[str, list[Result]] = {v: [] for v in variants}

@@ -10,10 +10,8 @@ See ``docs/messages.md``.
 from __future__ import annotations
 
 import json
-import os
 from bisect import bisect_right
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, islice
 from typing import Any
@@ -35,12 +33,6 @@ MAX_COMPRESSION_RATIO = 64.0
 MAX_ROWS_PER_MESSAGE = 20_000
 _GZIP_WBITS = GZIP_WBITS  # older names; the encodings' home is shared/encodings.py
 _GZIP_LEVEL = GZIP_LEVEL
-#: Compress each message of a compressed encoding on a thread of its own while the caller decodes
-#: on (``isal`` releases the GIL while it compresses); the messages are those of compressing inline.
-#: Figures: docs/performance.md.
-COMPRESS_AHEAD = True
-#: The process's compression threads (one per core, at most 4; started on first use).
-_COMPRESSION = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="compress")
 _plus_one = (1).__add__  # a row's length plus its separator, without a Python-level call per row
 
 
@@ -81,20 +73,8 @@ def decode_message(payload: str | bytes) -> dict[str, Any]:
 class MessagePacker:
     """Turns batches of raw JSON rows into messages that fit the queue limit as stored."""
 
-    def __init__(
-        self,
-        envelope: Envelope,
-        encoding: str = "gzip-base64",
-        limit: int = QUEUE_MESSAGE_LIMIT,
-        *,
-        compress_ahead: bool | None = None,
-    ):
+    def __init__(self, envelope: Envelope, encoding: str = "gzip-base64", limit: int = QUEUE_MESSAGE_LIMIT):
         self._codec = message_encoding(encoding)  # ValueError for an unknown one
-        #: Compress each message on the compression thread while the caller decodes the next rows.
-        ahead = COMPRESS_AHEAD if compress_ahead is None else compress_ahead
-        self._compress_ahead = ahead and self._codec.compressed
-        self._ahead: tuple[int, bytes, Future[str]] | None = None
-        self._ahead_bytes = 0  # the row bytes of the message in flight
         keep_heap_warm()  # compressing a message allocates several blocks of 100 KiB and more
         self.envelope = envelope
         self.encoding = encoding
@@ -195,55 +175,15 @@ class MessagePacker:
             self._pending_bytes + len(self._pending) > self._raw_target() or len(self._pending) > MAX_ROWS_PER_MESSAGE
         )
 
-    def _start_ahead(self) -> None:
-        """Start compressing the next message on a compression thread (its rows stay pending until
-        it is settled)."""
-        n = self._first_guess()
-        body = self._body(n)
-        self._ahead = (n, body, _COMPRESSION.submit(encode_body, body, self.encoding))
-        self._ahead_bytes = sum(map(len, islice(self._pending, n)))
-
-    def _settle_ahead(self) -> Message:
-        assert self._ahead is not None
-        n, body, future = self._ahead
-        self._ahead = None
-        return self._settle(n, body, future.result())
-
-    def _due_after_ahead(self) -> bool:
-        """Whether the rows beyond the message in flight are about a message's worth: settle it then.
-
-        Only when to settle is estimated here (with the ratio before the message in flight); where
-        the next message is cut is decided after settling, so the messages never depend on it.
-        """
-        assert self._ahead is not None
-        beyond = self._pending_bytes - self._ahead_bytes
-        rows = len(self._pending) - self._ahead[0]
-        return beyond + rows > self._raw_target() or beyond > MAX_ROW_BYTES or rows > MAX_ROWS_PER_MESSAGE
-
     def add(self, rows: list[bytes]) -> Iterator[Message]:
         """Add rows; yields every message that is full."""
         self._pending.extend(rows)
         self._pending_bytes += sum(map(len, rows))
-        if not self._compress_ahead:
-            while self._cut_due():
-                yield self._cut()
-            return
-        # The next cut depends on the ratio the message in flight gives, so it is settled first; a
-        # message is then cut exactly where packing inline cuts it, whatever the batches. It is
-        # settled only once the next is about due: the caller decodes on while it compresses.
-        while True:
-            if self._ahead is not None:
-                if not self._due_after_ahead():
-                    return
-                yield self._settle_ahead()
-            if not self._cut_due():
-                return
-            self._start_ahead()
+        while self._cut_due():
+            yield self._cut()
 
     def finish(self) -> Iterator[Message]:
         """Flush the rows still pending (the last, partly filled messages)."""
-        if self._ahead is not None:
-            yield self._settle_ahead()
         while self._pending:
             yield self._cut()
 
