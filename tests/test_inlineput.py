@@ -150,3 +150,27 @@ def test_synchronous_clients_it_cannot_serve_exactly_stay_with_the_sdk(monkeypat
         sink = inline_sink(standin_queue(standin, use_env_settings=False))
         assert sink.direct is not None  # told not to use the environment: the proxy does not apply
         sink.close()
+
+
+def test_an_answer_that_does_not_come_in_time_hands_the_message_to_the_sdk(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devtools.faultproxy import FaultProxy
+    from shared import inlineput
+
+    monkeypatch.setattr(inlineput, "ATTEMPT_TIMEOUT_S", 0.5)  # instead of 30 s
+    with FaultProxy(azurite.queue_port) as proxy:
+        cs = azurite.connection_string.replace(f":{azurite.queue_port}/", f":{proxy.port}/")
+        queue = QueueClient.from_connection_string(cs, f"i-{uuid.uuid4().hex[:12]}")
+        queue.create_queue()
+        stall = proxy.hold_next(1, method="POST", path_contains="/messages")  # the direct attempt
+        sink = inline_sink(queue)
+        assert sink.direct is not None
+        sink.put(Message(seq=0, first_row=0, row_count=1, payload="late"))
+        sink.flush()  # the direct attempt times out; the SDK's put is not held
+        assert stall.hits == 1 and sink.handed_over == 1 and sink.delivered_seq == 0
+        assert sink.direct.in_flight == 0  # the stalled connection is closed, never reused
+        sink.close()
+        stall.release.set()
+        stored = [m.content for m in queue.receive_messages(messages_per_page=32)]
+        assert "late" in stored  # (the held attempt may still arrive: a consumer de-duplicates by seq)
