@@ -87,6 +87,17 @@ def _xml_text(payload: str) -> bytes:
     return payload.encode("utf-8")
 
 
+def _message_xml(payload: str, *, escape: bool) -> bytes:
+    """The body of a put: ``payload`` in the queue's XML. ``escape=False``: Base64 text, which never
+    holds ``&``, ``<`` or ``>``."""
+    return b"".join((_XML_HEAD, _xml_text(payload) if escape else payload.encode("ascii"), _XML_TAIL))
+
+
+def _escapes(encoding: str) -> bool:
+    """Whether messages of ``encoding`` may hold XML markup characters (json text may; Base64 never)."""
+    return not message_encoding(encoding).name.endswith("base64")
+
+
 def async_queue_client(
     queue_url: str, credential: Any = None, *, connection_string: str | None = None, **kwargs: Any
 ) -> AsyncQueueClient:
@@ -149,8 +160,7 @@ class LeanQueuePut:
 
         ``escape=False``: the payload is Base64 text, which never holds ``&``, ``<`` or ``>``.
         """
-        text = _xml_text(payload) if escape else payload.encode("ascii")
-        body = b"".join((_XML_HEAD, text, _XML_TAIL))
+        body = _message_xml(payload, escape=escape)
         if self.direct is not None:
             try:
                 await self.direct.send(body)
@@ -218,7 +228,7 @@ class AsyncQueueSink(QueueSink):
         super().__init__(client, envelope, encoding, **kwargs)  # type: ignore[arg-type]
         self._pool.shutdown(wait=False)  # the thread pool is not used (it never started a thread)
         self._put = LeanQueuePut(client, time_to_live=self.time_to_live, max_connections=self._window)
-        self._escape = not message_encoding(encoding).name.endswith("base64")  # json text may hold &<>
+        self._escape = _escapes(encoding)
         self._outbox: collections.deque[Message] = collections.deque()
         self._wake_pending = False
         self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
@@ -298,7 +308,7 @@ class InlineQueueSink(QueueSink):
     def __init__(self, queue: Any, envelope: Envelope, encoding: str, **kwargs: Any) -> None:
         super().__init__(queue, envelope, encoding, **kwargs)
         self._pool.shutdown(wait=False)  # the thread pool is not used (it never started a thread)
-        self._escape = not message_encoding(encoding).name.endswith("base64")  # json text may hold &<>
+        self._escape = _escapes(encoding)
         #: The direct first attempts; None when the client is not one they can serve.
         self.direct = (
             SocketQueuePut(queue, time_to_live=self.time_to_live, max_connections=self._window)
@@ -316,9 +326,8 @@ class InlineQueueSink(QueueSink):
             self._before_put(message)
         if self.going_direct:
             assert self.direct is not None
-            text = _xml_text(message.payload) if self._escape else message.payload.encode("ascii")
             try:
-                self.direct.start(b"".join((_XML_HEAD, text, _XML_TAIL)), message)
+                self.direct.start(_message_xml(message.payload, escape=self._escape), message)
             except DirectPutFailed:
                 self.handed_over += 1
                 self._put_through_sdk(message)
@@ -329,7 +338,7 @@ class InlineQueueSink(QueueSink):
     def _put_through_sdk(self, message: Message) -> None:
         """Every further attempt of ``message``: the SDK's put, with its retries and errors."""
         try:
-            self.queue.send_message(message.payload, time_to_live=self.time_to_live)
+            self._sdk_put(message)
         except Exception as exc:  # recorded as the threads' path records it, raised by put/flush
             self._put_ended(message, exc)
         else:

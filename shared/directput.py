@@ -304,8 +304,7 @@ class QueueRequests:
     def __init__(self, client: Any, *, time_to_live: int) -> None:
         parts = urlsplit(client.url)
         self.host = parts.hostname or ""
-        self.tls = parts.scheme == "https"
-        self.port = parts.port or (443 if self.tls else 80)
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
         host_header = parts.netloc.rsplit("@", 1)[-1]
         path = f"{parts.path.rstrip('/')}/messages"
         query = f"messagettl={int(time_to_live)}" + (f"&{parts.query}" if parts.query else "")

@@ -192,6 +192,10 @@ class QueueSink(PackedSink):
     def _send(self, message: Message) -> None:
         if self._before_put is not None:
             self._before_put(message)
+        self._sdk_put(message)
+
+    def _sdk_put(self, message: Message) -> None:
+        """Put ``message`` with the SDK's ``send_message`` (its retries, its errors)."""
         self.queue.send_message(message.payload, time_to_live=self.time_to_live)
 
     def _submit(self, message: Message) -> Future[None]:
