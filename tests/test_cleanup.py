@@ -9,7 +9,6 @@ import os
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -248,7 +247,7 @@ def test_blobs_written_after_delivery_are_kept_and_reported(relay: Relay) -> Non
     assert orphan.blobs == 2 and report.strays == []
 
 
-def test_stray_blobs_are_reported_and_deleted_only_on_request(relay: Relay, here: Cli) -> None:
+def test_stray_blobs_are_reported_and_deleted_only_on_request(relay: Relay) -> None:
     failed, _ = fail_for_missing_key(relay, relay.new_tenant())  # a known drop: its blobs are not strays
     # A pipeline run that died before writing its Metadata.json leaves encrypted data nobody knows.
     stray = f"{uuid.uuid4()}/VivaInsights/{uuid.uuid4()}/data/part-00000.json.gz.enc"
@@ -258,10 +257,10 @@ def test_stray_blobs_are_reported_and_deleted_only_on_request(relay: Relay, here
 
     assert [(f.folder, [b.name for b in f.blobs]) for f in report.strays] == [(stray.rpartition("/")[0], [stray])]
     assert report.orphans == [] and stray in relay.blob_names()
-    dry = here(relay, "delete-orphans", "--older-than-hours", "0", "--dry-run", ORPHAN_GRACE_HOURS="0")
+    dry = cli(relay, "delete-orphans", "--older-than-hours", "0", "--dry-run", ORPHAN_GRACE_HOURS="0")
     assert dry.returncode == 0 and f"would delete: {stray}" in dry.stdout
     assert stray in relay.blob_names()
-    real = here(relay, "delete-orphans", "--older-than-hours", "0", ORPHAN_GRACE_HOURS="0")
+    real = cli(relay, "delete-orphans", "--older-than-hours", "0", ORPHAN_GRACE_HOURS="0")
     assert real.returncode == 0, real.stderr
     assert relay.blob_names() == blobs_under(relay, drop_root(failed))  # the failed drop stays
 
@@ -514,16 +513,7 @@ def cli(relay: Relay, *args: str, **env: str) -> subprocess.CompletedProcess[str
     return run_cli("drops", *args, env=os.environ | relay.env | env, cwd=ROOT)
 
 
-Cli = Callable[..., "subprocess.CompletedProcess[str]"]
-
-
-@pytest.fixture
-def here() -> Cli:
-    """The same CLI, for the cases beyond the first ones (each call a fresh process's view: tests/clirun.py)."""
-    return cli
-
-
-def test_cli_list_and_show(relay: Relay, here: Cli) -> None:
+def test_cli_list_and_show(relay: Relay) -> None:
     tenant = relay.new_tenant()
     delivered, _ = deliver(relay, tenant, rows=33)
     failed, _ = fail_for_missing_key(relay, relay.new_tenant())
@@ -537,9 +527,9 @@ def test_cli_list_and_show(relay: Relay, here: Cli) -> None:
     assert row[1:4] == [tenant, "delivered", "33"]
     assert any(line.startswith(failed_id) and " failed " in line and "key" in line for line in lines)
 
-    only_failed = here(relay, "list", "--status", "failed")
+    only_failed = cli(relay, "list", "--status", "failed")
     assert failed_id in only_failed.stdout and delivered_id not in only_failed.stdout
-    assert delivered_id in here(relay, "list", "--tenant", tenant).stdout
+    assert delivered_id in cli(relay, "list", "--tenant", tenant).stdout
 
     shown = cli(relay, "show", failed_id)
     assert shown.returncode == 0, shown.stderr
@@ -548,11 +538,11 @@ def test_cli_list_and_show(relay: Relay, here: Cli) -> None:
     assert doc["ReasonCode"] == "key_not_found" and doc["MetadataPath"] == failed
     assert doc["FailedAt"].startswith(str(utcnow().year))
 
-    missing = here(relay, "show", "dnosuchdrop")
+    missing = cli(relay, "show", "dnosuchdrop")
     assert missing.returncode == 1 and "no drop dnosuchdrop" in missing.stderr
 
 
-def test_cli_cleanup_dry_run_then_cleanup(relay: Relay, here: Cli) -> None:
+def test_cli_cleanup_dry_run_then_cleanup(relay: Relay) -> None:
     path, _ = deliver(relay, relay.new_tenant())
     _, unknown = relay.drop(relay.new_tenant(), rows=5)
     names = relay.blob_names()
@@ -565,7 +555,7 @@ def test_cli_cleanup_dry_run_then_cleanup(relay: Relay, here: Cli) -> None:
     assert all(f"{drop_id} would delete: {name}" in dry.stdout for name in own)
     assert unknown in dry.stdout  # the orphan is reported
 
-    real = here(relay, "cleanup", "--json")
+    real = cli(relay, "cleanup", "--json")
     assert real.returncode == 0, real.stderr
     report = json.loads(real.stdout)
     assert report["counts"]["deleted"] == 1 and report["counts"]["blobs_deleted"] == len(own)
@@ -573,12 +563,12 @@ def test_cli_cleanup_dry_run_then_cleanup(relay: Relay, here: Cli) -> None:
     assert record_of(relay, path).state == "deleted"
 
 
-def test_cli_reprocess_with_immediate_deletion(relay: Relay, here: Cli) -> None:
+def test_cli_reprocess_with_immediate_deletion(relay: Relay) -> None:
     tenant = relay.new_tenant()
     path, key = fail_for_missing_key(relay, tenant, rows=25)
     drop_id = record_of(relay, path).drop_id
 
-    still_failing = here(relay, "reprocess", drop_id, DELETE_AFTER_DELIVERY="true")
+    still_failing = cli(relay, "reprocess", drop_id, DELETE_AFTER_DELIVERY="true")
     assert still_failing.returncode == 1 and "key_not_found" in still_failing.stdout
     assert blobs_under(relay, drop_root(path))  # a failed drop is kept
 
@@ -593,20 +583,20 @@ def test_cli_reprocess_with_immediate_deletion(relay: Relay, here: Cli) -> None:
     record = record_of(relay, path)
     assert record.previous_reason_code == "key_not_found" and record.delivered_at
 
-    again = here(relay, "reprocess", drop_id)
+    again = cli(relay, "reprocess", drop_id)
     assert again.returncode == 1 and "only failed or waiting drops" in again.stderr
 
 
-def test_cli_delete_orphans(relay: Relay, here: Cli) -> None:
+def test_cli_delete_orphans(relay: Relay) -> None:
     _, unknown = relay.drop(relay.new_tenant(), rows=5)
     orphan_blobs = blobs_under(relay, drop_root(unknown))
 
-    too_soon = here(relay, "delete-orphans", "--older-than-hours", "1")
+    too_soon = cli(relay, "delete-orphans", "--older-than-hours", "1")
     assert too_soon.returncode == 2 and "ORPHAN_GRACE_HOURS=72" in too_soon.stderr
-    within_grace = here(relay, "delete-orphans")  # default: the grace period; the orphan is younger
+    within_grace = cli(relay, "delete-orphans")  # default: the grace period; the orphan is younger
     assert within_grace.returncode == 0 and relay.blob_names() == orphan_blobs
 
-    dry = here(relay, "delete-orphans", "--older-than-hours", "0", "--dry-run", ORPHAN_GRACE_HOURS="0")
+    dry = cli(relay, "delete-orphans", "--older-than-hours", "0", "--dry-run", ORPHAN_GRACE_HOURS="0")
     assert dry.returncode == 0, dry.stderr
     assert relay.blob_names() == orphan_blobs and all(name in dry.stdout for name in orphan_blobs)
 
@@ -628,12 +618,12 @@ def test_delete_drop_skips_every_state_but_delivered(relay: Relay) -> None:
     assert relay.blob_names() == names
 
 
-def test_list_json_is_machine_readable(azurite: Any, tmp_path: Path, here: Cli) -> None:
+def test_list_json_is_machine_readable(azurite: Any, tmp_path: Path) -> None:
     relay = make_relay(azurite, tmp_path)
     tenant = relay.new_tenant()
     _, path = relay.drop(tenant, rows=12)
     delivered = ingest_metadata_blob(relay.rt, relay.landing.container_name, path)
-    done = here(relay, "list", "--json")
+    done = cli(relay, "list", "--json")
     assert done.returncode == 0, done.stderr
     [doc] = json.loads(done.stdout)
     assert doc["drop_id"] == delivered.drop_id and doc["state"] == "delivered"
