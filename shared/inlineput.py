@@ -61,20 +61,22 @@ class SocketQueuePut:
         self._ssl = tls_context(client)
         self._max_connections = max_connections
         self._idle: list[_Connection] = []
-        self._selector = selectors.DefaultSelector()
-        self._busy: dict[socket.socket, _Connection] = {}
+        self._selector = selectors.DefaultSelector()  # the busy connections, each registered with its socket
 
     @property
     def in_flight(self) -> int:
         """Attempts written and not answered yet."""
-        return len(self._busy)
+        return len(self._selector.get_map())
+
+    def _busy(self) -> list[_Connection]:
+        return [key.data for key in self._selector.get_map().values()]
 
     def start(self, body: bytes, tag: Any) -> None:
         """Write the put of ``body`` on an idle connection; DirectPutFailed if it could not be written.
 
         At most ``max_connections`` attempts may be in flight (the caller's window sees to it).
         """
-        if len(self._busy) >= self._max_connections:
+        if self.in_flight >= self._max_connections:
             raise DirectPutFailed("every connection is busy")
         bearer = self._requests.bearer
         request = self._requests.build(body, bearer.header_now() if bearer is not None else "")
@@ -85,7 +87,6 @@ class SocketQueuePut:
             connection.sock.close()
             raise DirectPutFailed(f"{type(exc).__name__}: {exc}") from exc
         connection.tag, connection.deadline = tag, time.monotonic() + ATTEMPT_TIMEOUT_S
-        self._busy[connection.sock] = connection
         self._selector.register(connection.sock, selectors.EVENT_READ, connection)
 
     def _connect(self) -> _Connection:
@@ -102,9 +103,10 @@ class SocketQueuePut:
     def answers(self, timeout: float = 0.0) -> list[Answer]:
         """The attempts that ended: waits up to ``timeout`` seconds for the first when none has."""
         ended: list[Answer] = []
-        ready = [c for c in self._busy.values() if isinstance(c.sock, ssl.SSLSocket) and c.sock.pending()]
-        if not ready and self._busy:
-            deadline = min(c.deadline for c in self._busy.values())
+        busy = self._busy()
+        ready = [c for c in busy if isinstance(c.sock, ssl.SSLSocket) and c.sock.pending()]
+        if not ready and busy:
+            deadline = min(c.deadline for c in busy)
             wait = max(0.0, min(timeout, deadline - time.monotonic()))
             ready = [key.data for key, _ in self._selector.select(wait)]
         for connection in ready:
@@ -112,7 +114,7 @@ class SocketQueuePut:
             if answer is not None:
                 ended.append(answer)
         now = time.monotonic()
-        for connection in [c for c in self._busy.values() if c.deadline <= now]:
+        for connection in [c for c in self._busy() if c.deadline <= now]:
             ended.append(self._end(connection, None, f"no answer within {ATTEMPT_TIMEOUT_S:.0f} s"))
         return ended
 
@@ -136,7 +138,6 @@ class SocketQueuePut:
     def _end(self, connection: _Connection, status: int | None, why: str, *, keep: bool = False) -> Answer:
         """End ``connection``'s attempt; only a connection in a known state (``keep``) is used again."""
         self._selector.unregister(connection.sock)
-        del self._busy[connection.sock]
         answer = Answer(connection.tag, status, why or f"HTTP {status}")
         connection.tag = None
         if keep:
@@ -147,8 +148,7 @@ class SocketQueuePut:
 
     def close(self) -> None:
         """Close every connection (attempts still in flight are abandoned: their fate is unknown)."""
-        for connection in [*self._idle, *self._busy.values()]:
+        for connection in [*self._idle, *self._busy()]:
             connection.sock.close()
         self._idle.clear()
-        self._busy.clear()
         self._selector.close()
